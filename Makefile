@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine with only python3:
+#   make demo   creates .venv, installs the package, runs the main job on the embedded simulator
+#   make test   creates .venv, installs with the dev and carla extras, lints and runs the tests
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.installed: $(PY) pyproject.toml
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
+	$(PIP) install --quiet -e '.[dev,carla]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/caril demo --out $(DEMO_OUT)
+
+test: $(VENV)/.installed-dev
+	$(PY) -m ruff check .
+	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(PY) -m pytest -q
+
+lint: $(VENV)/.installed-dev
+	$(PY) -m ruff check .
+
+bench: $(VENV)/.installed-dev
+	$(VENV)/bin/caril bench sim --json runs/bench/sim.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Policies: the contract, the privileged expert, and (later) the dual-head CARIL agent."""

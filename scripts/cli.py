@@ -1,0 +1,59 @@
+"""``caril``: one console command with a subcommand per job (see ``caril --help``).
+
+Each subcommand is a module under ``scripts/`` with an ``Args`` dataclass, a ``DESCRIPTION`` and
+``run(args) -> int``. Errors a user can cause end here as one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from scripts.args import parse
+from sim.errors import CarilError
+
+COMMANDS = {
+    "evaluate": "scripts.evaluate",
+    "render": "scripts.render",
+    "bench": "scripts.bench",
+    "demo": "scripts.demo",
+}
+
+USAGE = """usage: caril <command> [options]
+
+commands:
+  evaluate   closed-loop evaluation campaign: results.csv and trajectories
+  render     save what the camera sees at a point of a route
+  bench      benchmarks that print JSON
+  demo       the main job end to end on the embedded simulator
+
+Run 'caril <command> --help' for a command's options."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        sys.stderr.write(f"caril: error: unknown command {name!r}; commands: {', '.join(COMMANDS)}\n")
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(COMMANDS[name])
+    prog = f"caril {name}"
+    try:
+        args = module.parse_args(rest, prog) if hasattr(module, "parse_args") else parse(
+            module.Args, rest, prog, module.DESCRIPTION)
+        return int(module.run(args) or 0)
+    except CarilError as e:
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return 2 if isinstance(e, (KeyError, ValueError)) else 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted; results written so far are kept\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Routes: the lane-centre path an episode drives, and the named route suites.
+
+A :class:`Route` is the centre line of the lanes driven from start to goal, sampled every 0.5 m, with the
+map it lives on. Named routes are built on their own small maps by :class:`sim.roadnet.NetworkBuilder`;
+``random:<seed>`` builds an unseen map and route from a seed. The paper's suite (``--routes paper``) is
+``straight``, ``one-turn`` and ``two-turn`` as in CARIL's Town04 evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from sim.errors import unknown_name
+from sim.roadnet import LANE_WIDTH_M, NetworkBuilder, RoadNetwork
+
+ROUTE_EXTENSION_M = 60.0  # road laid beyond the goal so the camera never sees the world end
+MIN_ROAD_CLEARANCE_M = 22.0  # unrelated roads keep their centre lines at least this far apart
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Where a point lies relative to the route: sample index, arc length, offset (right +), heading."""
+
+    index: int
+    distance_along_m: float
+    lateral_offset_m: float
+    heading_rad: float
+    curvature_1pm: float
+
+
+class Route:
+    """A sampled lane-centre path. Arrays are indexed by sample; ``s_m`` is the arc length from the start."""
+
+    def __init__(self, name: str, x: np.ndarray, y: np.ndarray, in_junction: np.ndarray, road_id: np.ndarray,
+                 lane_id: np.ndarray, network: RoadNetwork | None = None, map_seed: int = 0) -> None:
+        self.name, self.network, self.map_seed = name, network, map_seed
+        self.x, self.y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        self.in_junction, self.road_id, self.lane_id = in_junction, road_id, lane_id
+        seg = np.hypot(np.diff(self.x), np.diff(self.y))
+        self.s_m = np.concatenate([[0.0], np.cumsum(seg)])
+        self.heading_rad = np.unwrap(np.arctan2(np.diff(self.y), np.diff(self.x)))
+        self.heading_rad = np.append(self.heading_rad, self.heading_rad[-1])
+        dh = np.gradient(self.heading_rad, self.s_m)
+        self.curvature_1pm = np.convolve(dh, np.ones(5) / 5, mode="same")  # smooth the finite differences
+        self.length_m = float(self.s_m[-1])
+
+    def __repr__(self) -> str:
+        return f"Route({self.name!r}, length_m={self.length_m:.1f})"
+
+    def start_pose(self) -> tuple[float, float, float]:
+        """(x, y, heading rad) of the first sample: where the vehicle is spawned."""
+        return float(self.x[0]), float(self.y[0]), float(self.heading_rad[0])
+
+    def project(self, x: float, y: float, hint: int | None = None, window: int = 80) -> Projection:
+        """Project a point onto the route; ``hint`` (the last index) restricts the search to nearby samples
+        so a route that passes near itself is followed in order."""
+        lo, hi = (0, len(self.x) - 1) if hint is None else (max(0, hint - window // 4), min(len(self.x) - 1,
+                                                                                           hint + window))
+        dx, dy = self.x[lo:hi + 1] - x, self.y[lo:hi + 1] - y
+        i = lo + int(np.argmin(dx * dx + dy * dy))
+        j = min(i, len(self.x) - 2)
+        if i > 0 and i == hi:
+            j = i - 1
+        ex, ey = self.x[j + 1] - self.x[j], self.y[j + 1] - self.y[j]
+        seg2 = ex * ex + ey * ey
+        t = 0.0 if seg2 == 0 else min(1.0, max(0.0, ((x - self.x[j]) * ex + (y - self.y[j]) * ey) / seg2))
+        if j > 0 and t == 0.0:  # the point lies before this segment: use the previous one
+            j -= 1
+            ex, ey = self.x[j + 1] - self.x[j], self.y[j + 1] - self.y[j]
+            seg2 = ex * ex + ey * ey
+            t = min(1.0, max(0.0, ((x - self.x[j]) * ex + (y - self.y[j]) * ey) / seg2))
+        px, py = self.x[j] + t * ex, self.y[j] + t * ey
+        heading = math.atan2(ey, ex)
+        lateral = -(x - px) * math.sin(heading) + (y - py) * math.cos(heading)
+        s = self.s_m[j] + t * math.sqrt(seg2)
+        k = self.curvature_1pm[j] * (1 - t) + self.curvature_1pm[j + 1] * t
+        return Projection(j if t < 0.5 else j + 1, float(s), float(lateral), heading, float(k))
+
+    def curvature_ahead(self, s_m: float, distance_m: float) -> np.ndarray:
+        """Curvatures of the samples from ``s_m`` to ``s_m + distance_m`` (1/m)."""
+        i0, i1 = np.searchsorted(self.s_m, [s_m, s_m + distance_m])
+        return self.curvature_1pm[i0:max(i1, i0 + 1)]
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """A named route: its pieces as ``(kind, *args)`` for :class:`NetworkBuilder` and a description."""
+
+    name: str
+    pieces: tuple[tuple, ...]
+    description: str
+
+
+NAMED_ROUTES: dict[str, RouteSpec] = {s.name: s for s in (
+    RouteSpec("straight", (("straight", 220), ("junction", "straight"), ("straight", 140)),
+              "a straight road through one junction (paper: Town04 spawn 81 to 270)"),
+    RouteSpec("one-turn", (("straight", 150), ("junction", "right"), ("straight", 150)),
+              "one right turn at a junction between straights (paper: Town04 spawn 209 to 18)"),
+    RouteSpec("two-turn", (("straight", 120), ("junction", "left"), ("straight", 130), ("junction", "right"),
+                           ("straight", 120)),
+              "a left then a right junction turn (paper: Town04 spawn 224 to 190)"),
+    RouteSpec("s-curve", (("straight", 60), ("curve", 70, 40), ("straight", 25), ("curve", -70, 40),
+                          ("straight", 80)),
+              "an S-bend of two 70 degree curves of 40 m radius"),
+    RouteSpec("curves", (("straight", 50), ("curve", 45, 90), ("straight", 40), ("curve", -90, 28),
+                         ("straight", 40), ("curve", 60, 55), ("straight", 60)),
+              "curves of 90 m, 28 m and 55 m radius in both directions"),
+    RouteSpec("mixed", (("straight", 80), ("curve", 30, 60), ("straight", 50), ("junction", "left"),
+                        ("straight", 90), ("curve", -45, 35), ("straight", 40), ("junction", "right"),
+                        ("straight", 100), ("curve", 60, 50), ("straight", 60), ("junction", "straight"),
+                        ("straight", 80)),
+              "a long route mixing curves and all three junction movements"),
+)}
+
+ROUTE_SUITES: dict[str, tuple[str, ...]] = {
+    "paper": ("straight", "one-turn", "two-turn"),
+    "named": tuple(NAMED_ROUTES),
+}
+
+
+def random_pieces(seed: int) -> tuple[tuple, ...]:
+    """Pieces of a procedurally generated route: straights, curves of varied radius and junction turns."""
+    rng = np.random.default_rng(seed)
+    pieces: list[tuple] = [("straight", float(rng.uniform(60, 120)))]
+    for _ in range(int(rng.integers(4, 8))):
+        if rng.random() < 0.5:
+            pieces.append(("junction", str(rng.choice(["left", "right", "straight"]))))
+        else:
+            angle = float(rng.uniform(20, 90)) * float(rng.choice([-1.0, 1.0]))
+            pieces.append(("curve", angle, float(rng.uniform(25, 120))))
+        pieces.append(("straight", float(rng.uniform(40, 120))))
+    return tuple(pieces)
+
+
+def build_network(name: str, pieces: tuple[tuple, ...]) -> tuple[RoadNetwork, list[tuple[int, int]]]:
+    """Lay the pieces with :class:`NetworkBuilder`, plus the extension beyond the goal."""
+    builder = NetworkBuilder(name)
+    for kind, *args in pieces:
+        getattr(builder, kind)(*args)
+    builder.straight(ROUTE_EXTENSION_M)
+    return builder.build()
+
+
+def route_from_legs(name: str, network: RoadNetwork, legs: list[tuple[int, int]], map_seed: int = 0,
+                    trim_end_m: float = ROUTE_EXTENSION_M) -> Route:
+    """Concatenate the lane centres of ``legs`` into a :class:`Route`, trimming ``trim_end_m`` at the end."""
+    xs, ys, junction, roads, lanes = [], [], [], [], []
+    for k, (road_id, lane_id) in enumerate(legs):
+        road = network.roads[road_id]
+        c = road.lane_centre(lane_id)
+        sl = slice(1 if k else 0, None)  # consecutive legs share their joining point
+        n = len(c["x"][sl])
+        xs.append(c["x"][sl])
+        ys.append(c["y"][sl])
+        junction.append(np.full(n, road.junction >= 0))
+        roads.append(np.full(n, road_id, np.int32))
+        lanes.append(np.full(n, lane_id, np.int8))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    s = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(x), np.diff(y)))])
+    keep = s <= s[-1] - trim_end_m + 1e-9
+    cols = [np.concatenate(c)[keep] for c in (junction, roads, lanes)]
+    return Route(name, x[keep], y[keep], *cols, network=network, map_seed=map_seed)
+
+
+def road_clearance_violations(network: RoadNetwork) -> list[tuple[int, int, float]]:
+    """Pairs of unrelated roads whose centre lines come closer than :data:`MIN_ROAD_CLEARANCE_M`.
+
+    Roads are related when they share a junction or a link; connecting roads are checked through their
+    junction's arms. Returns ``(road_a, road_b, distance_m)`` for each violation.
+    """
+    group = {}
+    for road in network.roads.values():
+        keys = {("road", road.id)}
+        for link in (road.predecessor, road.successor):
+            if link is not None:
+                keys.add((link.kind, link.id))
+        if road.junction >= 0:
+            keys.add(("junction", road.junction))
+        group[road.id] = keys
+    plain = [r for r in network.roads.values() if r.junction < 0]
+    pts = {r.id: np.stack([r.samples["x"][::4], r.samples["y"][::4]], 1) for r in plain}
+    bad = []
+    for i, a in enumerate(plain):
+        for b in plain[i + 1:]:
+            if group[a.id] & group[b.id]:
+                continue
+            d = np.sqrt(((pts[a.id][:, None, :] - pts[b.id][None, :, :]) ** 2).sum(-1)).min()
+            if d < MIN_ROAD_CLEARANCE_M:
+                bad.append((a.id, b.id, float(d)))
+    return bad
+
+
+@lru_cache(maxsize=32)
+def get_route(name: str) -> Route:
+    """The route called ``name`` (a named route or ``random:<seed>``); cached, routes are immutable."""
+    if name.startswith("random:"):
+        try:
+            seed = int(name.split(":", 1)[1])
+        except ValueError:
+            raise unknown_name("route", name, route_names(), "Random routes are random:<integer seed>.") from None
+        for attempt in range(100):  # re-draw until the layout does not cross itself
+            network, legs = build_network(name, random_pieces(seed * 1000 + attempt))
+            if not road_clearance_violations(network):
+                return route_from_legs(name, network, legs, map_seed=seed)
+        raise RuntimeError(f"could not lay a non-overlapping random route for seed {seed}")
+    if name not in NAMED_ROUTES:
+        raise unknown_name("route", name, route_names(), "Or random:<seed> for a generated route.")
+    network, legs = build_network(name, NAMED_ROUTES[name].pieces)
+    return route_from_legs(name, network, legs, map_seed=sum(map(ord, name)))
+
+
+def route_names() -> list[str]:
+    """Valid route names (besides ``random:<seed>``) and suite names."""
+    return [*NAMED_ROUTES, *ROUTE_SUITES]
+
+
+def parse_routes(spec: str) -> list[str]:
+    """Expand a comma-separated list of route and suite names (``paper``, ``named``) into route names."""
+    names: list[str] = []
+    for item in (p.strip() for p in spec.split(",") if p.strip()):
+        expanded = ROUTE_SUITES.get(item, (item,))
+        for name in expanded:
+            get_route(name)  # validates, with the list of valid names on error
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise unknown_name("route", spec, route_names())
+    return names
+
+
+LANE_HALF_WIDTH_M = LANE_WIDTH_M / 2
