@@ -18,8 +18,9 @@ import numpy as np
 from sim.geometry import PlanView, turn_displacement
 
 LANE_WIDTH_M = 3.5
-JUNCTION_HALF_SIZE_M = 12.0  # centre to the boundary where the arms' roads end
+JUNCTION_HALF_SIZE_M = 15.0  # centre to the boundary where the arms' roads end
 STUB_LENGTH_M = 45.0  # length of the arms a route does not use
+JUNCTION_SPIRAL_FRACTION = 0.3  # share of a junction turn spent in clothoids; sets the min radius (10.3 m lane)
 SAMPLE_STEP_M = 0.5
 
 
@@ -135,8 +136,8 @@ def _connecting_plan(junction: Junction, side_in: int, side_out: int) -> PlanVie
     if turn == "straight":
         return plan.line(2 * junction.half_size_m)
     angle = math.pi / 2 if turn == "right" else -math.pi / 2
-    unit_forward, _ = turn_displacement(angle, 1.0)
-    return plan.turn(angle, junction.half_size_m / unit_forward)
+    unit_forward, _ = turn_displacement(angle, 1.0, JUNCTION_SPIRAL_FRACTION)
+    return plan.turn(angle, junction.half_size_m / unit_forward, JUNCTION_SPIRAL_FRACTION)
 
 
 class NetworkBuilder:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from sim.errors import CarilError, InvalidControlError
+from sim.errors import InvalidControlError, UsageError
 
 DEFAULT_DT_S = 0.05  # CARLA's usual synchronous fixed step, 20 Hz
 
@@ -71,11 +71,11 @@ class CameraConfig:
 
     def __post_init__(self) -> None:
         if not (8 <= self.width <= 4096 and 8 <= self.height <= 4096):
-            raise CarilError(f"camera size {self.width}x{self.height} is outside 8..4096 pixels per side")
+            raise UsageError(f"camera size {self.width}x{self.height} is outside 8..4096 pixels per side")
         if not 1.0 <= self.fov_deg <= 170.0:
-            raise CarilError(f"camera fov {self.fov_deg} deg is outside 1..170 degrees")
+            raise UsageError(f"camera fov {self.fov_deg} deg is outside 1..170 degrees")
         if self.z_m <= 0.05:
-            raise CarilError(f"camera height z={self.z_m} m must be above the ground (> 0.05 m)")
+            raise UsageError(f"camera height z={self.z_m} m must be above the ground (> 0.05 m)")
 
     @property
     def focal_px(self) -> float:
@@ -96,7 +96,7 @@ def parse_resolution(spec: str) -> tuple[int, int]:
     try:
         width, height = (int(p) for p in spec.lower().split("x"))
     except ValueError:
-        raise CarilError(f"resolution {spec!r} is not WIDTHxHEIGHT, e.g. 448x448") from None
+        raise UsageError(f"resolution {spec!r} is not WIDTHxHEIGHT, e.g. 448x448") from None
     return width, height
 
 
