@@ -14,8 +14,13 @@ from scripts.args import parse
 from sim.errors import CarilError
 
 COMMANDS = {
+    "collect": "scripts.collect",
+    "data": "scripts.data",
+    "train": "scripts.train",
     "evaluate": "scripts.evaluate",
+    "drive": "scripts.drive",
     "render": "scripts.render",
+    "serve": "scripts.serve",
     "bench": "scripts.bench",
     "demo": "scripts.demo",
 }
@@ -23,8 +28,13 @@ COMMANDS = {
 USAGE = """usage: caril <command> [options]
 
 commands:
+  collect    record expert demonstrations into a dataset
+  data       inspect (info) and validate (check) a dataset
+  train      train a dual-head policy offline
   evaluate   closed-loop evaluation campaign: results.csv and trajectories
+  drive      live pygame display of a policy, manual driving, recording
   render     save what the camera sees at a point of a route
+  serve      the embedded simulator behind CARLA's wire protocol
   bench      benchmarks that print JSON
   demo       the main job end to end on the embedded simulator
 
@@ -41,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"caril: error: unknown command {name!r}; commands: {', '.join(COMMANDS)}\n")
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    module = importlib.import_module(COMMANDS[name])
+    try:
+        module = importlib.import_module(COMMANDS[name])
+    except ModuleNotFoundError as e:
+        if e.name != COMMANDS[name]:
+            raise
+        sys.stderr.write(f"caril: error: command {name!r} is not available in this version yet\n")
+        return 2
     prog = f"caril {name}"
     try:
         args = module.parse_args(rest, prog) if hasattr(module, "parse_args") else parse(

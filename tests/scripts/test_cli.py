@@ -1,0 +1,64 @@
+"""The command line as a user meets it: subprocesses, exit codes, one-line errors, files on disk."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from training.evaluation import RESULT_COLUMNS
+
+
+def caril(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "scripts.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_evaluate_expert_writes_results_trajectories_and_config(tmp_path):
+    out = tmp_path / "eval"
+    r = caril("evaluate", "--policy", "expert", "--routes", "paper", "--weathers", "ClearNoon,WetNoon",
+              "--trials", "1", "--res", "64x64", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert tuple(rows[0]) == RESULT_COLUMNS
+    assert [(row["route"], row["weather"]) for row in rows] == [
+        ("straight", "ClearNoon"), ("straight", "WetNoon"), ("one-turn", "ClearNoon"), ("one-turn", "WetNoon"),
+        ("two-turn", "ClearNoon"), ("two-turn", "WetNoon")]
+    assert all(row["termination"] == "goal" and float(row["route_completion"]) == 1.0 for row in rows)
+    traj = (out / "trajectories" / "two-turn__WetNoon__expert__t0.csv").read_text().splitlines()
+    assert traj[0] == "t_s,x_m,y_m,yaw_deg,speed_mps,lateral_offset_m,steer,throttle,brake"
+    assert len(traj) > 500
+    config = json.loads((out / "config.json").read_text())
+    assert config["route_names"] == ["straight", "one-turn", "two-turn"] and config["seed"] == 0
+
+
+def test_evaluate_resume_runs_only_missing_episodes(tmp_path):
+    out = tmp_path / "eval"
+    assert caril("evaluate", "--routes", "straight", "--no-camera", "--out", str(out)).returncode == 0
+    first = (out / "results.csv").read_text()
+    r = caril("evaluate", "--routes", "straight,one-turn", "--no-camera", "--resume", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    lines = (out / "results.csv").read_text().splitlines()
+    assert lines[:2] == first.splitlines()
+    assert [ln.split(",")[0] for ln in lines[1:]] == ["straight", "one-turn"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "--routes", "moon", "--out", "x"], "unknown route 'moon'; valid routes: straight, one-turn"),
+    (["evaluate", "--weathers", "Sunny", "--out", "x"], "unknown weather 'Sunny'; valid weathers: ClearNoon"),
+    (["evaluate", "--trials", "many", "--out", "x"], "argument --trials: invalid int value: 'many'"),
+    (["evaluate", "--trials", "0", "--out", "x"], "--trials must be at least 1, got 0"),
+    (["evaluate", "--policy", "robot", "--out", "x"], "argument --policy: invalid choice: 'robot'"),
+    (["render", "--route", "straight", "--distance", "9999", "--out", "x.png"], "distance 9999.0 m is outside"),
+    (["render", "--res", "wide", "--out", "x.png"], "resolution 'wide' is not WIDTHxHEIGHT"),
+    (["fly"], "unknown command 'fly'"),
+    (["bench"], "name a benchmark first: one of sim"),
+])
+def test_bad_input_is_one_line_and_non_zero(tmp_path, args, message):
+    r = caril(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.png").exists()

@@ -1,0 +1,75 @@
+import math
+
+import numpy as np
+import pytest
+
+from sim.embedded import EmbeddedSimulator
+from sim.episode import EpisodeLimits, EpisodeMonitor
+from sim.routes import get_route
+from sim.types import Control
+
+
+@pytest.fixture()
+def sim():
+    s = EmbeddedSimulator(render_camera=False)
+    s.reset("straight", "ClearNoon", seed=0)
+    return s
+
+
+def test_drifting_left_crosses_the_broken_centre_line_once(sim):
+    sim.place(40.0)
+    sim.state.speed_mps = 8.0
+    events = []
+    for _ in range(30):
+        obs = sim.step(Control(steer=-0.02, throttle=0.3))
+        events += list(obs.lane_invasions)
+    assert [e.markings for e in events] == [("Broken",)]
+    assert -1.5 < obs.lane.lateral_offset_m < -0.6
+
+
+def test_drifting_right_crosses_the_solid_edge_line(sim):
+    sim.place(40.0)
+    sim.state.speed_mps = 8.0
+    kinds = []
+    for _ in range(35):
+        kinds += [m for e in sim.step(Control(steer=0.02, throttle=0.3)).lane_invasions for m in e.markings]
+    assert kinds == ["Solid"]
+
+
+def test_driving_into_a_building_is_a_collision_and_the_car_stops():
+    sim = EmbeddedSimulator(render_camera=False)
+    route = get_route("straight")
+    sim.reset(route, "ClearNoon", 0)
+    scene_boxes = sim._collision.boxes
+    # the nearest building to the right of the start: turn towards it and drive
+    centres = scene_boxes.mean(axis=1)
+    right = centres[(centres[:, 1] > 0) & (centres[:, 0] > 20)]
+    target = right[np.argmin(right[:, 0])]
+    obs = sim.place(max(0.0, target[0] - 25.0))
+    yaw = math.atan2(target[1] - obs.pose.y_m, target[0] - obs.pose.x_m)
+    sim.state.yaw_rad = yaw
+    collided = None
+    for _ in range(400):
+        obs = sim.step(Control(throttle=0.6))
+        if obs.collisions:
+            collided = obs
+            break
+    assert collided is not None
+    assert collided.collisions[0].other == "static.building"
+    assert collided.speed_mps == 0.0
+    assert collided.collisions[0].impulse_ns > 0
+
+
+def test_monitor_reports_each_termination(sim):
+    lim = EpisodeLimits(blocked_time_s=1.0)
+    mon = EpisodeMonitor(sim.route.length_m, lim)
+    obs = sim.place(10.0)
+    assert mon.update(obs) is None
+    blocked = None
+    for _ in range(30):
+        blocked = mon.update(sim.step(Control(brake=1.0))) or blocked
+    assert blocked == "blocked"
+    assert EpisodeMonitor(sim.route.length_m).update(sim.place(sim.route.length_m - 0.5)) == "goal"
+    assert EpisodeMonitor(sim.route.length_m).update(sim.place(50.0, lateral_offset_m=5.5)) == "off_route"
+    assert EpisodeMonitor(sim.route.length_m).update(sim.place(50.0, yaw_offset_deg=120)) == "off_route"
+    assert lim.time_limit_s(100.0) == pytest.approx(100.0 / 2.0 + 30.0)
