@@ -1,107 +1,56 @@
-"""Benchmarks that print JSON (and write it with ``--json PATH``).
+"""Benchmarks that print JSON (and write it with ``--json PATH``): ``caril bench NAME [options]``.
 
-    caril bench sim --json bench_sim.json
-
-``sim``: steps per second of ``caril/Embedded-v0`` at a 160x160 and at the paper's 448x448 camera against
-Gymnasium's ``CarRacing-v3`` (96x96 pixels) in the same process and run, with the same protocol: seeded
-random actions from the action space, reset on episode end, warm-up steps excluded.
+Each benchmark is a module ``scripts/bench_NAME.py`` with an ``Args`` dataclass (which has a ``json`` field),
+a ``DESCRIPTION`` and ``bench(args) -> dict``. Speed is only ever measured here, never in tests; where an
+issue sets a target, the benchmark measures the named baseline in the same run and reports the ratio.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+from types import ModuleType
 
-from scripts.args import OneLineParser, arg, build_parser
-from sim.errors import CarilError, UsageError
+from scripts.args import OneLineParser, build_parser, parse
 
-DESCRIPTION = "Run a benchmark and print its JSON."
-
-
-@dataclass
-class Args:
-    json: str | None = arg(None, help="also write the JSON to this path")
-    steps: int = arg(3000, help="timed steps per embedded case")
-    baseline_steps: int = arg(600, help="timed steps of the CarRacing-v3 baseline")
-    warmup: int = arg(50, help="untimed warm-up steps per case")
-    seed: int = arg(0, help="seed of environments and random actions")
-    route: str = arg("mixed", help="route driven by the embedded cases")
-
-    def __post_init__(self) -> None:
-        if min(self.steps, self.baseline_steps) < 1 or self.warmup < 0:
-            raise UsageError("--steps and --baseline-steps must be positive and --warmup not negative")
+BENCHES = ("sim", "collect", "train", "policy", "serve")
 
 
-def _time_env(env, steps: int, warmup: int, seed: int) -> dict:
-    """Steps per second of ``env`` under seeded random actions, resetting when an episode ends."""
-    env.action_space.seed(seed)
-    env.reset(seed=seed)
-    resets = 0
-    t0 = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            t0 = time.perf_counter()
-        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        if terminated or truncated:
-            env.reset()
-            resets += i >= warmup
-    elapsed = time.perf_counter() - t0
-    env.close()
-    return {"steps": steps, "seconds": round(elapsed, 4), "steps_per_s": round(steps / elapsed, 2),
-            "ms_per_step": round(1000 * elapsed / steps, 4), "resets": resets}
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"scripts.bench_{name}")
 
 
-def bench_sim(args: Args) -> dict:
-    import gymnasium as gym
-
-    import sim  # noqa: F401  (registers caril/Embedded-v0)
-
-    try:
-        import Box2D  # noqa: F401
-    except ImportError:
-        raise CarilError("the CarRacing-v3 baseline needs Box2D: pip install -e '.[dev]'") from None
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    base = _time_env(gym.make("CarRacing-v3"), args.baseline_steps, args.warmup, args.seed)
-    cases = {"carracing_96": {"env": "CarRacing-v3", "image": [96, 96, 3], **base}}
-    for size in (160, 448):
-        env = gym.make("caril/Embedded-v0", route=args.route, width=size, height=size)
-        result = _time_env(env, args.steps, args.warmup, args.seed)
-        result["ratio_vs_carracing"] = round(result["steps_per_s"] / base["steps_per_s"], 2)
-        cases[f"embedded_{size}"] = {"env": "caril/Embedded-v0", "image": [size, size, 3], "route": args.route,
-                                     **result}
-    return {"protocol": "seeded random actions, reset on episode end, single process", "cases": cases}
-
-
-BENCHES: dict[str, Callable[[Args], dict]] = {"sim": bench_sim}
-
-
-def parse_args(argv: list[str], prog: str) -> tuple[str, Args]:
+def parse_args(argv: list[str], prog: str) -> tuple[str, object]:
     """``caril bench NAME [options]``."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"usage: {prog} {{{','.join(BENCHES)}}} [options]\n\n{__doc__}")
+        sys.exit(0)
     if not argv or argv[0] not in BENCHES:
-        if argv and argv[0] in ("-h", "--help"):
-            build_parser(Args, f"{prog} {{{','.join(BENCHES)}}}", DESCRIPTION).print_help()
-            sys.exit(0)
         OneLineParser(prog=prog).error(f"name a benchmark first: one of {', '.join(BENCHES)}")
-    name, rest = argv[0], argv[1:]
-    from scripts.args import parse
+    name = argv[0]
+    try:
+        module = _module(name)
+    except ModuleNotFoundError:
+        OneLineParser(prog=prog).error(f"benchmark {name!r} is not available in this version yet")
+    if any(a in ("-h", "--help") for a in argv[1:]):
+        build_parser(module.Args, f"{prog} {name}", module.DESCRIPTION).print_help()
+        sys.exit(0)
+    return name, parse(module.Args, argv[1:], f"{prog} {name}", module.DESCRIPTION)
 
-    return name, parse(Args, rest, f"{prog} {name}", DESCRIPTION)
 
-
-def run(parsed: tuple[str, Args]) -> int:
+def run(parsed: tuple[str, object]) -> int:
     name, args = parsed
-    result = {"bench": name, **BENCHES[name](args), "args": asdict(args),
+    result = {"bench": name, **_module(name).bench(args), "args": asdict(args),
               "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                           "processor": platform.processor() or platform.machine()}}
     text = json.dumps(result, indent=2)
     print(text)
-    if args.json:
+    if getattr(args, "json", None):
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text + "\n")
     return 0

@@ -53,7 +53,7 @@ def test_evaluate_resume_runs_only_missing_episodes(tmp_path):
     (["render", "--route", "straight", "--distance", "9999", "--out", "x.png"], "distance 9999.0 m is outside"),
     (["render", "--res", "wide", "--out", "x.png"], "resolution 'wide' is not WIDTHxHEIGHT"),
     (["fly"], "unknown command 'fly'"),
-    (["bench"], "name a benchmark first: one of sim"),
+    (["bench"], "name a benchmark first: one of sim, collect"),
 ])
 def test_bad_input_is_one_line_and_non_zero(tmp_path, args, message):
     r = caril(*args, cwd=tmp_path)

@@ -1,0 +1,326 @@
+"""Tests of the embedded camera renderer (``sim.camera``): projection, clipping, culling, weather, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from sim.camera import CameraRenderer, overlap_layers
+from sim.scene import Material, Scene, box_footprint, quad_strip, straight_test_scene
+from sim.types import CameraConfig
+from sim.weather import WEATHERS, Weather
+
+CLEAR = WEATHERS["ClearNoon"]
+FIVE = ("ClearNoon", "CloudyNoon", "WetNoon", "HardRainNoon", "ClearSunset")
+
+
+# ---- scenes shared with the benchmark / preview scripts ---------------------------------------------------------
+
+
+def _merge(parts: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate (quads, material) parts into ground arrays."""
+    quads = np.concatenate([q for q, _ in parts])
+    mats = np.concatenate([np.full(len(q), m, np.uint8) for q, m in parts])
+    return quads, mats
+
+
+def extended_straight_scene(length_m: float = 300.0) -> Scene:
+    """``straight_test_scene`` plus sidewalks beyond the kerbs, a few walls and poles: a realistic straight view."""
+    base = straight_test_scene(length_m)
+    xs = np.arange(-20.0, length_m + 1e-9, 5.0)
+
+    def strip(y0: float, y1: float) -> np.ndarray:
+        return quad_strip(np.stack([xs, np.full_like(xs, y0)], 1), np.stack([xs, np.full_like(xs, y1)], 1))
+
+    quads, mats = _merge([(base.ground_quads, 0)] + [(strip(-7.3, -3.8), Material.SIDEWALK),
+                                                     (strip(3.8, 7.3), Material.SIDEWALK)])
+    mats[: len(base.ground_quads)] = base.ground_material
+    poles = [box_footprint(x, s * 4.2, 0.0, 0.25, 0.25) for x in range(5, int(length_m), 30) for s in (-1, 1)]
+    walls = [box_footprint(x + 12.5, s * 8.0, 0.0, 10.0, 0.3) for x in range(0, int(length_m), 50) for s in (-1, 1)]
+    fp = np.concatenate([base.box_footprints, np.array(poles), np.array(walls)])
+    heights = np.concatenate([base.box_heights_m, np.full(len(poles), 5.0), np.full(len(walls), 1.2)])
+    mat = np.concatenate([base.box_material, np.full(len(poles), Material.POLE, np.uint8),
+                          np.full(len(walls), Material.WALL, np.uint8)])
+    shade = np.concatenate([base.box_shade, np.ones(len(poles) + len(walls), np.float32)])
+    return Scene(quads, mats, fp, heights, mat, shade)
+
+
+def _centreline(step_m: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points, headings and arc length of a road: straight, right bend R=60 m, straight, left bend R=90 m."""
+    pieces = [(40.0, 0.0), (math.pi / 2 * 60.0, 1 / 60.0), (30.0, 0.0), (math.pi / 2 * 90.0, -1 / 90.0),
+              (120.0, 0.0)]
+    pts, hdg, s_all = [np.zeros(2)], [0.0], [0.0]
+    for length, curvature in pieces:
+        n = max(1, int(round(length / step_m)))
+        ds = length / n
+        for _ in range(n):
+            h = hdg[-1] + curvature * ds / 2
+            pts.append(pts[-1] + ds * np.array([math.cos(h), math.sin(h)]))
+            hdg.append(hdg[-1] + curvature * ds)
+            s_all.append(s_all[-1] + ds)
+    return np.array(pts), np.array(hdg), np.array(s_all)
+
+
+def curved_test_scene() -> Scene:
+    """A two-lane road with a right and a left bend, kerbs, sidewalks, markings and buildings along it."""
+    pts, hdg, s = _centreline()
+    right = np.stack([-np.sin(hdg), np.cos(hdg)], 1)
+
+    def off(d: float) -> np.ndarray:
+        return pts + right * d
+
+    def strip(a: float, b: float) -> np.ndarray:
+        return quad_strip(off(a), off(b))
+
+    centre = strip(-0.075, 0.075)
+    mid = 0.5 * (s[:-1] + s[1:])
+    dashes = centre[(mid % 9.0) < 3.0]
+    parts = [(strip(-3.5, 3.5), Material.ASPHALT), (strip(-7.3, -3.8), Material.SIDEWALK),
+             (strip(3.8, 7.3), Material.SIDEWALK), (strip(-3.8, -3.5), Material.KERB),
+             (strip(3.5, 3.8), Material.KERB), (strip(-3.4, -3.25), Material.MARKING_WHITE),
+             (strip(3.25, 3.4), Material.MARKING_WHITE), (dashes, Material.MARKING_WHITE)]
+    quads, mats = _merge(parts)
+    boxes, heights = [], []
+    for i in range(5, len(pts), 9):
+        for side in (-1, 1):
+            c = pts[i] + right[i] * side * 15.0
+            boxes.append(box_footprint(c[0], c[1], hdg[i], 14.0, 10.0))
+            heights.append(6.0 + (i * 7 % 13))
+    m = len(boxes)
+    return Scene(quads, mats, np.array(boxes), np.array(heights, np.float64),
+                 np.full(m, Material.BUILDING, np.uint8), np.linspace(0.65, 1.15, m).astype(np.float32))
+
+
+def empty_scene() -> Scene:
+    """No geometry at all."""
+    return Scene(np.zeros((0, 4, 2)), np.zeros(0, np.uint8), np.zeros((0, 4, 2)), np.zeros(0), np.zeros(0, np.uint8),
+                 np.zeros(0, np.float32))
+
+
+def _renderer(scene: Scene | None = None, weather: Weather = CLEAR, **cam) -> CameraRenderer:
+    cam.setdefault("width", 160)
+    cam.setdefault("height", 160)
+    return CameraRenderer(scene if scene is not None else extended_straight_scene(), CameraConfig(**cam), weather)
+
+
+# ---- projection --------------------------------------------------------------------------------------------------
+
+
+def test_point_at_camera_height_straight_ahead_is_on_horizon_at_centre():
+    r = _renderer(empty_scene())
+    cam = r.camera
+    uv, depth = r.project_points(np.array([[50.0 + cam.x_m, 0.0, cam.z_m]]), 0.0, 0.0, 0.0)
+    np.testing.assert_allclose(uv[0], [cam.width / 2, cam.height / 2], atol=1e-9)
+    assert depth[0] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("d", [3.0, 10.0, 40.0])
+def test_ground_point_straight_ahead_lands_at_expected_row(d):
+    r = _renderer(empty_scene(), width=448, height=448)
+    cam = r.camera
+    uv, _ = r.project_points(np.array([[cam.x_m + d, 0.0, 0.0]]), 0.0, 0.0, 0.0)
+    assert uv[0, 1] == pytest.approx(cam.height / 2 + cam.focal_px * cam.z_m / d)
+    assert uv[0, 0] == pytest.approx(cam.width / 2)
+
+
+def test_point_to_the_right_lands_right_of_centre_and_yaw_rotates_the_view():
+    r = _renderer(empty_scene())
+    uv, _ = r.project_points(np.array([[20.0, 5.0, 1.0], [20.0, -5.0, 1.0]]), 0.0, 0.0, 0.0)
+    assert uv[0, 0] > 80.0 > uv[1, 0]
+    # The vehicle at the origin facing +y (yaw 90 deg): a point at +y is straight ahead, +x is on its left.
+    uv, depth = r.project_points(np.array([[0.0, 30.0, r.camera.z_m], [10.0, 20.0, 2.4]]), 0.0, 0.0, math.pi / 2)
+    assert uv[0, 0] == pytest.approx(80.0) and depth[0] == pytest.approx(30.0 - r.camera.x_m)
+    assert uv[1, 0] < 80.0
+
+
+def test_mount_pitch_down_moves_the_horizon_up():
+    level = _renderer(empty_scene())
+    down = _renderer(empty_scene(), pitch_deg=-10.0)
+    far = np.array([[1000.0, 0.0, 2.4]])
+    v_level = level.project_points(far, 0, 0, 0)[0][0, 1]
+    v_down = down.project_points(far, 0, 0, 0)[0][0, 1]
+    assert v_down == pytest.approx(80.0 - level.camera.focal_px * math.tan(math.radians(10.0)), abs=0.05)
+    assert v_down < v_level
+
+
+# ---- what the images show ----------------------------------------------------------------------------------------
+
+
+def _is_white(img: np.ndarray) -> np.ndarray:
+    return np.all(img > 200, axis=-1)
+
+
+def test_lane_markings_converge_towards_the_vanishing_point():
+    r = _renderer(extended_straight_scene(), width=448, height=448)
+    img = r.render(0.0, 0.0, 0.0)
+    h, w = 448, 448
+    centres = []
+    for row in (300, 340, 400):
+        cols = np.flatnonzero(_is_white(img[row]))
+        left, right = cols[cols < w / 2], cols[cols > w / 2]
+        assert len(left) and len(right), f"no edge lines found on row {row}"
+        centres.append((row, left.mean(), right.mean()))
+    gaps = [b - a for _, a, b in centres]
+    assert gaps[0] < gaps[1] < gaps[2]  # lines spread apart towards the bottom of the image
+    # Extrapolate each edge line to the horizon: both meet near the image centre.
+    rows = np.array([c[0] for c in centres], float)
+    for k in (1, 2):
+        slope, icpt = np.polyfit(rows, [c[k] for c in centres], 1)
+        assert slope * (h / 2) + icpt == pytest.approx(w / 2, abs=6.0)
+
+
+def test_pose_far_from_geometry_shows_only_sky_and_grass():
+    scene = extended_straight_scene()
+    r = _renderer(scene)
+    img = r.render(5000.0, 5000.0, math.pi)
+    blank = _renderer(empty_scene()).render(5000.0, 5000.0, math.pi)
+    np.testing.assert_array_equal(img, blank)
+    sky, grass = img[:60].reshape(-1, 3).astype(int), img[100:].reshape(-1, 3).astype(int)
+    assert np.all(sky[:, 2] > sky[:, 0])  # blue sky
+    assert np.all((grass[:, 1] > grass[:, 0]) & (grass[:, 1] > grass[:, 2]))  # green verge
+
+
+def test_polygon_partly_behind_camera_keeps_the_sky_clean():
+    # One big asphalt quad reaching far behind and to the sides of the camera, plus a box beside the car.
+    quad = np.array([[[-200.0, -40.0], [60.0, -40.0], [60.0, 40.0], [-200.0, 40.0]]])
+    box = box_footprint(0.0, 6.0, 0.0, 40.0, 4.0)[None]
+    scene = Scene(quad, np.array([Material.ASPHALT], np.uint8), box, np.array([1.0]),
+                  np.array([Material.WALL], np.uint8), np.ones(1, np.float32))
+    r = _renderer(scene)
+    blank = _renderer(empty_scene()).render(0.0, 0.0, 0.3)
+    img = r.render(0.0, 0.0, 0.3)
+    np.testing.assert_array_equal(img[:79], blank[:79])  # nothing drawn above the horizon
+    asphalt = img[120:, 40:120].reshape(-1, 3)
+    assert np.all(asphalt == asphalt[0])  # the ground under the car is one flat asphalt colour
+
+
+def test_clipping_near_plane_for_every_heading():
+    r = _renderer(extended_straight_scene())
+    blank = _renderer(empty_scene())
+    for yaw in np.linspace(-math.pi, math.pi, 13):
+        img = r.render(10.0, 1.5, float(yaw))
+        # Boxes are lower than the horizon band here only if near; the sky above the tallest building stays sky.
+        np.testing.assert_array_equal(img[:5], blank.render(10.0, 1.5, float(yaw))[:5])
+
+
+def test_overlapping_quads_of_one_material_do_not_punch_holes():
+    a = box_footprint(20.0, 0.0, 0.0, 20.0, 6.0)
+    b = box_footprint(22.0, 1.0, 0.3, 20.0, 6.0)  # overlaps a
+    quads = np.stack([a, b])
+    mats = np.full(2, Material.ASPHALT, np.uint8)
+    assert overlap_layers(quads, mats).tolist() == [0, 1]
+    scene = Scene(quads, mats, np.zeros((0, 4, 2)), np.zeros(0), np.zeros(0, np.uint8), np.zeros(0, np.float32))
+    r = _renderer(scene)
+    img = r.render(0.0, 0.0, 0.0)
+    uv, _ = r.project_points(np.array([[21.0, 0.5, 0.0]]), 0.0, 0.0, 0.0)  # inside both quads
+    u, v = int(uv[0, 0]), int(uv[0, 1])
+    assert tuple(img[v, u]) == r._ground_colours[0]
+
+
+def test_adjacent_quads_share_layers():
+    xs = np.arange(0.0, 50.0, 5.0)
+    strip = quad_strip(np.stack([xs, np.zeros_like(xs)], 1), np.stack([xs, np.full_like(xs, 3.0)], 1))
+    assert overlap_layers(strip, np.zeros(len(strip), np.uint8)).max() == 0
+
+
+def test_large_scene_grid_culling_matches_drawing_everything():
+    # Tile the curved scene to exceed the small-scene threshold, then compare against an exhaustive render.
+    base = curved_test_scene()
+    tiles = [base.ground_quads + np.array([dx, dy]) for dx in (0.0, 400.0) for dy in (0.0, 400.0)]
+    quads = np.concatenate(tiles)
+    mats = np.tile(base.ground_material, 4)
+    scene = Scene(quads, mats, base.box_footprints, base.box_heights_m, base.box_material, base.box_shade)
+    r = _renderer(scene)
+    assert r._index is not None
+    exhaustive = _renderer(scene)
+    exhaustive._index = None
+    exhaustive._all_quads = np.arange(len(quads))
+    for x, y, yaw in [(0.0, 0.0, 0.0), (60.0, 30.0, 0.8), (410.0, 0.0, 0.0), (100.0, 100.0, 2.5)]:
+        np.testing.assert_array_equal(r.render(x, y, yaw), exhaustive.render(x, y, yaw))
+
+
+# ---- weather, determinism, output contract ----------------------------------------------------------------------
+
+
+def test_weather_presets_give_different_images():
+    scene = extended_straight_scene()
+    means = {}
+    for name in FIVE:
+        img = _renderer(scene, WEATHERS[name]).render(0.0, 0.0, 0.0, frame=3)
+        means[name] = img.reshape(-1, 3).mean(axis=0)
+    names = list(means)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert np.abs(means[a] - means[b]).max() > 2.0, f"{a} and {b} look alike"
+    assert means["ClearSunset"][0] - means["ClearSunset"][2] > means["ClearNoon"][0] - means["ClearNoon"][2]
+    assert means["HardRainNoon"].mean() < means["ClearNoon"].mean()
+
+
+def test_wet_road_is_darker_near_the_car():
+    scene = extended_straight_scene()
+    dry = _renderer(scene, WEATHERS["ClearNoon"]).render(0.0, 0.0, 0.0)
+    wet = _renderer(scene, WEATHERS["WetNoon"]).render(0.0, 0.0, 0.0)
+    assert wet[150, 80].sum() < dry[150, 80].sum()
+
+
+def test_render_is_deterministic_and_frames_differ_only_in_rain():
+    scene = curved_test_scene()
+    for name in ("ClearNoon", "HardRainNoon"):
+        a = CameraRenderer(scene, CameraConfig(width=160, height=160), WEATHERS[name], seed=7)
+        b = CameraRenderer(scene, CameraConfig(width=160, height=160), WEATHERS[name], seed=7)
+        first = a.render(30.0, 1.0, 0.2, frame=5)
+        a.render(80.0, 20.0, 1.0, frame=6)  # an unrelated call in between must not leak into the next one
+        assert first.tobytes() == a.render(30.0, 1.0, 0.2, frame=5).tobytes()
+        assert first.tobytes() == b.render(30.0, 1.0, 0.2, frame=5).tobytes()
+        other = a.render(30.0, 1.0, 0.2, frame=6)
+        if name == "ClearNoon":
+            assert other.tobytes() == first.tobytes()
+        else:
+            changed = np.any(other != first, axis=-1)
+            assert changed.any()
+            streaks = np.any(a._rain[5 % len(a._rain)] > 0, -1) | np.any(a._rain[6 % len(a._rain)] > 0, -1)
+            assert not np.any(changed & ~streaks)
+
+
+def test_seed_changes_only_the_rain():
+    scene = extended_straight_scene()
+    cam = CameraConfig(width=160, height=160)
+    dry = [CameraRenderer(scene, cam, CLEAR, seed=s).render(0.0, 0.0, 0.0) for s in (1, 2)]
+    assert dry[0].tobytes() == dry[1].tobytes()
+    wet = [CameraRenderer(scene, cam, WEATHERS["HardRainNoon"], seed=s).render(0.0, 0.0, 0.0) for s in (1, 2)]
+    assert wet[0].tobytes() != wet[1].tobytes()
+
+
+def test_output_is_fresh_contiguous_uint8_rgb():
+    r = _renderer(curved_test_scene(), width=96, height=64)
+    a = r.render(0.0, 0.0, 0.0)
+    assert a.shape == (64, 96, 3) and a.dtype == np.uint8 and a.flags["C_CONTIGUOUS"]
+    keep = a.copy()
+    a[:] = 0  # the caller may scribble on its image
+    b = r.render(0.0, 0.0, 0.0)
+    assert b is not a and np.array_equal(b, keep)
+
+
+def test_set_weather_switches_the_look_and_back():
+    r = _renderer(extended_straight_scene())
+    clear = r.render(0.0, 0.0, 0.0)
+    r.set_weather(WEATHERS["ClearSunset"])
+    assert not np.array_equal(r.render(0.0, 0.0, 0.0), clear)
+    r.set_weather(CLEAR)
+    assert np.array_equal(r.render(0.0, 0.0, 0.0), clear)
+
+
+def test_buildings_show_lit_and_shaded_faces():
+    # Looking diagonally at a box shows two side faces; with the sun along +x they get different light.
+    box = box_footprint(30.0, 10.0, 0.0, 10.0, 10.0)[None]
+    scene = Scene(np.zeros((0, 4, 2)), np.zeros(0, np.uint8), box, np.array([20.0]),
+                  np.array([Material.BUILDING], np.uint8), np.ones(1, np.float32))
+    weather = Weather("Test", sun_azimuth_angle_deg=180.0, sun_altitude_angle_deg=30.0, fog_density=0.0)
+    r = _renderer(scene, weather)
+    img = r.render(0.0, 0.0, math.atan2(10.0, 30.0))
+    uv, _ = r.project_points(np.array([[25.0, 8.0, 5.0], [30.0, 5.0, 5.0]]), 0.0, 0.0, math.atan2(10.0, 30.0))
+    front = img[int(uv[0, 1]), int(uv[0, 0])].astype(int)  # face towards -x, facing the sun
+    side = img[int(uv[1, 1]), int(uv[1, 0])].astype(int)  # face towards -y
+    assert front.sum() > side.sum() + 30
