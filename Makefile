@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean tools
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +24,20 @@ $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/caril demo --out $(DEMO_OUT)
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev tools
 	$(PY) -m ruff check .
+	$(VENV)/bin/hadolint docker/Dockerfile
 	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(PY) -m pytest -q
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .
+	$(VENV)/bin/hadolint docker/Dockerfile
+
+# docker-compose validates docker/compose.yaml in the tests (no Docker engine needed); Debian packages it
+tools:
+	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null); } || \
+	  echo "docker-compose is missing: install it (apt-get install docker-compose) for the docker checks"
 
 bench: $(VENV)/.installed-dev
 	$(VENV)/bin/caril bench sim --json runs/bench/sim.json

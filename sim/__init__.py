@@ -1,6 +1,6 @@
 """The simulator contract, the embedded simulator and the backends' Gymnasium registration.
 
-Importing ``sim`` registers ``caril/Embedded-v0`` (and ``caril/Carla-v0`` once the CARLA backend exists)
+Importing ``sim`` registers ``caril/Embedded-v0`` and ``caril/Carla-v0``
 with Gymnasium by string entry point, so nothing heavy is imported until an environment is made.
 """
 
@@ -13,3 +13,5 @@ __all__ = ["WEATHERS", "CameraConfig", "Control", "LaneFrame", "Observation", "P
 
 if "caril/Embedded-v0" not in registry:
     register(id="caril/Embedded-v0", entry_point="sim.env:make_embedded_env")
+if "caril/Carla-v0" not in registry:
+    register(id="caril/Carla-v0", entry_point="sim.carla_backend:make_carla_env")

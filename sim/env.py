@@ -41,7 +41,8 @@ class DrivingEnv(gym.Env):
                  render_mode: str | None = None, limits: EpisodeLimits | None = None) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode {render_mode!r} is not one of {self.metadata['render_modes']}")
-        get_route(route)
+        self._resolve = getattr(simulator, "resolve_route", get_route)  # CARLA also takes start:end spawns
+        self._resolve(route)
         get_weather(weather)
         self.sim, self.route_name, self.weather_name = simulator, route, weather
         self.render_mode, self.limits = render_mode, limits or EpisodeLimits()
@@ -69,7 +70,7 @@ class DrivingEnv(gym.Env):
         self.route_name = options.get("route", self.route_name)
         self.weather_name = options.get("weather", self.weather_name)
         episode_seed = int(self.np_random.integers(0, 2**31 - 1))
-        obs = self.sim.reset(get_route(self.route_name), get_weather(self.weather_name), episode_seed)
+        obs = self.sim.reset(self._resolve(self.route_name), get_weather(self.weather_name), episode_seed)
         self._monitor = EpisodeMonitor(self.sim.route.length_m, self.limits)
         self._last = obs
         return self._obs(obs), self._info(obs)

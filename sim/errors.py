@@ -34,3 +34,15 @@ def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...], hint:
 
 class UsageError(CarilError, ValueError):
     """A command-line value that is well-formed but not acceptable (e.g. ``--trials 0``)."""
+
+
+class SimulatorConnectionLost(CarilError):
+    """The simulator stopped answering in the middle of an episode (crash, hang or lost sensor data).
+
+    ``reason`` is a short machine-readable cause (``tick_timeout``, ``server_error``, ``sensor_timeout``,
+    ``frame_skipped``) recorded in evaluation results; campaigns fail the episode and reconnect.
+    """
+
+    def __init__(self, message: str, reason: str = "server_error") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -19,6 +19,7 @@ import numpy as np
 
 from agent.policy import Policy
 from sim.episode import EpisodeLimits
+from sim.errors import SimulatorConnectionLost
 from sim.metrics import TRAJECTORY_COLUMNS
 from sim.routes import get_route
 from sim.simulator import Simulator
@@ -96,23 +97,49 @@ class Campaign:
             with self.results_path.open("w", newline="") as f:
                 csv.writer(f).writerow(RESULT_COLUMNS)
         rows = []
-        with self.make_sim() as sim:
+        sim = self.make_sim()
+        try:
             for spec in todo:
-                row = self._run_one(sim, spec)
+                try:
+                    row = self._run_one(sim, spec)
+                except SimulatorConnectionLost as e:
+                    row = self._record_failure(spec, e)
+                    sim.close()
+                    sim = self._reconnect()
                 rows.append(row)
                 if on_episode:
                     on_episode(spec, row)
+        finally:
+            sim.close()
         return rows
+
+    def _record_failure(self, spec: EpisodeSpec, error: SimulatorConnectionLost) -> dict[str, Any]:
+        """A lost simulator fails the episode with its reason; the campaign goes on after reconnecting."""
+        log.warning("episode %s failed: %s; reconnecting", spec.key, error)
+        nan = float("nan")
+        row = {**asdict(spec), "route_completion": 0.0, "collisions": 0, "lane_invasions": 0,
+               "lateral_offset_mean_m": nan, "lateral_offset_rms_m": nan, "lateral_offset_max_m": nan,
+               "termination": f"failed:{error.reason}", "sim_time_s": 0.0}
+        self._append(row)
+        return row
+
+    def _reconnect(self) -> Simulator:
+        from sim.carla_backend import reconnect_with_backoff  # generic retry; imports no carla
+
+        return reconnect_with_backoff(self.make_sim, attempts=5, base_delay_s=5.0)
+
+    def _append(self, row: dict[str, Any]) -> None:
+        with self.results_path.open("a", newline="") as f:
+            csv.writer(f).writerow([_fmt(row[c]) for c in RESULT_COLUMNS])
 
     def _run_one(self, sim: Simulator, spec: EpisodeSpec) -> dict[str, Any]:
         t0 = time.perf_counter()
         policy = self.make_policy(spec)
-        summary, traj = run_episode(sim, policy, get_route(spec.route), get_weather(spec.weather), spec.seed,
-                                    self.limits)
+        route = getattr(sim, "resolve_route", get_route)(spec.route)
+        summary, traj = run_episode(sim, policy, route, get_weather(spec.weather), spec.seed, self.limits)
         write_trajectory(self.out_dir / "trajectories" / f"{spec.key}.csv", traj.table())
         row = {**asdict(spec), **summary}
-        with self.results_path.open("a", newline="") as f:
-            csv.writer(f).writerow([_fmt(row[c]) for c in RESULT_COLUMNS])
+        self._append(row)
         log.info("episode %s: %s in %.2fs", spec.key, summary["termination"], time.perf_counter() - t0)
         return row
 

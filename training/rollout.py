@@ -68,7 +68,7 @@ class TrajectoryLog:
         return np.array(self.rows, dtype=np.float64).reshape(-1, len(TRAJECTORY_COLUMNS))
 
 
-def run_episode(sim: Simulator, policy: Policy, route: Route, weather: Weather, seed: int,
+def run_episode(sim: Simulator, policy: Policy, route: Route | str, weather: Weather, seed: int,
                 limits: EpisodeLimits | None = None, consumers: tuple[Any, ...] = ()) -> tuple[dict, TrajectoryLog]:
     """Drive one episode to its end; returns the summary metrics and the trajectory."""
     log = TrajectoryLog()
@@ -77,7 +77,7 @@ def run_episode(sim: Simulator, policy: Policy, route: Route, weather: Weather, 
     policy.reset(sim.route)
     monitor = EpisodeMonitor(sim.route.length_m, limits)
     for c in everyone:
-        c.on_reset(obs, {"route": route.name, "weather": weather.name, "seed": seed})
+        c.on_reset(obs, {"route": sim.route.name, "weather": weather.name, "seed": seed})
     termination = None
     while termination is None:
         control, record = policy.act(obs)

@@ -27,7 +27,8 @@ def test_paper_suite_and_junction_turns():
         route = get_route(name)
         inside = route.in_junction.astype(int)
         starts, ends = np.flatnonzero(np.diff(inside) == 1), np.flatnonzero(np.diff(inside) == -1) + 1
-        turned = [round(math.degrees(route.heading_rad[e] - route.heading_rad[s])) for s, e in zip(starts, ends)]
+        turned = [round(math.degrees(route.heading_rad[e] - route.heading_rad[s]))
+                  for s, e in zip(starts, ends, strict=True)]
         assert turned == turns, name
 
 
