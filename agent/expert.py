@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.control import SpeedController
 from agent.policy import Policy
 from sim.dynamics import VehicleParams
 from sim.routes import Route
@@ -32,9 +33,6 @@ class ExpertConfig:
     preview_time_s: float = 0.0
     stanley_gain: float = 3.0
     heading_gain: float = 0.0
-    speed_kp: float = 0.5
-    speed_ki: float = 0.1
-    brake_kp: float = 0.35
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,13 +49,13 @@ class ExpertPolicy(Policy):
         self.vehicle = vehicle or VehicleParams()
         self.dt_s = dt_s
         self.route: Route | None = None
-        self._integral = 0.0
+        self.speed = SpeedController(dt_s=dt_s)
 
     def reset(self, route: Route | None = None) -> None:
         if route is None:
             raise ValueError("the expert needs the route: call reset(route)")
         self.route = route
-        self._integral = 0.0
+        self.speed.reset()
 
     def target_speed(self, distance_along_m: float, speed_mps: float) -> float:
         """Cruise speed limited by the curvature within the braking distance ahead (m/s)."""
@@ -89,12 +87,7 @@ class ExpertPolicy(Policy):
         steer = float(np.clip(wheel / math.radians(self.vehicle.max_steer_deg), -1.0, 1.0))
 
         v_target = self.target_speed(lane.distance_along_m, v)
-        err = v_target - v
-        self._integral = float(np.clip(self._integral + err * self.dt_s, -2.0, 2.0))
-        throttle = float(np.clip(cfg.speed_kp * err + cfg.speed_ki * self._integral, 0.0, 1.0))
-        brake = float(np.clip(-cfg.brake_kp * err, 0.0, 1.0)) if err < -0.3 else 0.0
-        if brake > 0:
-            throttle = 0.0
+        throttle, brake = self.speed(v_target, v)
         record = {"target_speed_mps": v_target, "curvature_ahead_1pm": k_ahead, "cross_track_m": cross_track}
         return Control(steer, throttle, brake), record
 

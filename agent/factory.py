@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from agent.expert import ExpertPolicy
 from agent.policy import Policy
-from sim.errors import unknown_name
+from sim.errors import CarilError, UsageError, unknown_name
 
-POLICIES = ("expert",)
+POLICIES = ("expert", "caril")
 
 
-def make_policy(name: str, **kwargs: Any) -> Policy:
-    """``expert`` (privileged route follower); learned policies join here as they are added."""
+def make_policy(name: str, checkpoint: str | None = None, correction: str = "caril", **kwargs: Any) -> Policy:
+    """``expert`` (privileged route follower) or ``caril`` (the learned agent from ``checkpoint``, a run
+    folder or its ``best``/``last`` checkpoint folder, with the named ``correction``)."""
     if name == "expert":
         return ExpertPolicy(**kwargs)
+    if name == "caril":
+        from agent.caril_agent import CarilAgent, CarilAgentConfig
+
+        if not checkpoint:
+            raise UsageError("--policy caril needs --checkpoint RUN (a folder written by caril train)")
+        return CarilAgent(resolve_checkpoint(checkpoint), CarilAgentConfig(correction=correction, **kwargs))
     raise unknown_name("policy", name, POLICIES)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder: ``path`` itself if it holds ``config.json``, else ``path/best`` or ``path/last``."""
+    p = Path(path)
+    for candidate in (p, p / "best", p / "last"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise CarilError(f"no checkpoint in {p}: expected config.json there or in {p}/best or {p}/last "
+                     "(train one with caril train, or use the shipped policy in policies/)")
