@@ -80,14 +80,14 @@ class CarilAgent(Policy):
         self.model = self.ckpt.model.to(self.device).eval()
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.correction = self.cfg.correction
+        self.correction, self.seed = self.cfg.correction, self.cfg.seed
         self.speed = SpeedController()
-        self.rng = np.random.default_rng(self.cfg.seed)
+        self.rng = np.random.default_rng(self.seed)
 
     def reset(self, route: Route | None = None) -> None:
-        """New episode: the correction's random generator restarts from the seed, so episodes reproduce."""
+        """New episode: the correction's random generator restarts from ``seed``, so episodes reproduce."""
         self.speed.reset()
-        self.rng = np.random.default_rng(self.cfg.seed)
+        self.rng = np.random.default_rng(self.seed)
 
     @torch.inference_mode()
     def predict(self, image: np.ndarray) -> tuple[float, np.ndarray, float, float]:

@@ -1,9 +1,13 @@
 """Closed-loop evaluation campaign.
 
     caril evaluate --policy expert --routes paper --weathers ClearNoon,WetNoon --trials 1 --out runs/eval
+    caril evaluate --policy caril --checkpoint RUN --corrections regression,caril,clamp --routes paper \
+        --trials 10 --workers 2 --out runs/eval
 
-Writes ``OUT/results.csv`` (one row per episode), ``OUT/trajectories/*.csv`` and ``OUT/config.json`` (the
-resolved arguments). ``--resume`` continues an interrupted campaign in the same folder.
+Every (route, weather, correction, trial) is one episode. Writes ``OUT/results.csv`` (one row per episode),
+``OUT/trajectories/``, ``OUT/references/`` (the expert on the same route, weather and seed),
+``OUT/decisions/`` (the agent's per-tick decisions) and ``OUT/config.json`` (the resolved arguments).
+``--resume`` continues an interrupted campaign in the same folder.
 """
 
 from __future__ import annotations
@@ -15,15 +19,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from agent.factory import POLICIES, make_policy
+from agent.correction import STRATEGIES
+from agent.factory import POLICIES, resolve_checkpoint
 from scripts.args import arg
-from sim.backends import BACKENDS, make_simulator
+from sim.backends import BACKENDS
 from sim.carla_routes import carla_route_names
-from sim.errors import UsageError
+from sim.errors import UsageError, unknown_name
 from sim.routes import parse_routes
 from sim.types import CameraConfig, parse_resolution
 from sim.weather import parse_weathers
-from training.evaluation import Campaign, plan_episodes
+from training.evaluation import Campaign, PolicyFactory, SimFactory, plan_episodes
 
 DESCRIPTION = "Run a closed-loop evaluation campaign and write results.csv and trajectories."
 
@@ -32,6 +37,8 @@ DESCRIPTION = "Run a closed-loop evaluation campaign and write results.csv and t
 class Args:
     out: str = arg(help="output folder")
     policy: str = arg("expert", help="policy to drive", choices=POLICIES)
+    checkpoint: str = arg("", help="checkpoint folder (a caril train run) for --policy caril")
+    corrections: str = arg("caril", help="comma-separated correction strategies compared (--policy caril)")
     routes: str = arg("paper", help="comma-separated routes or suites (paper, named) or random:<seed>")
     weathers: str = arg("ClearNoon", help="comma-separated weather presets, or 'all'")
     trials: int = arg(1, help="episodes per route and weather")
@@ -44,12 +51,23 @@ class Args:
     town: str = arg("Town04", help="CARLA map to load ('' keeps the loaded one)")
     res: str = arg("448x448", help="camera resolution WIDTHxHEIGHT")
     fov: float = arg(110.0, help="camera horizontal field of view, degrees")
+    spawn_noise: float = arg(0.0, help="std of a lateral spawn offset drawn from each episode's seed, metres")
     camera: bool = arg(True, help="render the camera; --no-camera skips it (privileged expert only): faster")
+    workers: int = arg(1, help="episodes run in parallel processes")
     resume: bool = arg(False, help="continue an interrupted campaign in OUT")
 
     def __post_init__(self) -> None:
         if self.trials < 1:
             raise UsageError(f"--trials must be at least 1, got {self.trials}")
+        if self.workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {self.workers}")
+        self.correction_names = [""]
+        if self.policy == "caril":
+            self.correction_names = [c.strip() for c in self.corrections.split(",") if c.strip()]
+            for name in self.correction_names:
+                if name not in STRATEGIES:
+                    raise unknown_name("correction", name, list(STRATEGIES))
+            resolve_checkpoint(self.checkpoint or "")
         self.route_names = carla_route_names(self.routes) if self.backend == "carla" else parse_routes(self.routes)
         self.weather_names = [w.name for w in parse_weathers(self.weathers)]
         width, height = parse_resolution(self.res)
@@ -61,10 +79,20 @@ class Args:
 def simulator_settings(args: Args) -> dict:
     """Keyword settings of the chosen backend from the command line."""
     settings = {"camera": args.camera_config, "render_camera": args.camera}
+    if args.spawn_noise:
+        settings["spawn_noise_m"] = args.spawn_noise
     if args.backend == "carla":
         settings.update(host=args.host, port=args.port, tm_port=args.tm_port, timeout_s=args.timeout,
                         town=args.town or None)
     return settings
+
+
+def campaign_for(args: Args, out: Path) -> Campaign:
+    """The campaign of these arguments; references are driven with the camera off (the expert needs none)."""
+    settings = simulator_settings(args)
+    policies = PolicyFactory(str(resolve_checkpoint(args.checkpoint)) if args.policy == "caril" else None)
+    return Campaign(out, SimFactory(args.backend, settings), policies,
+                    make_reference_sim=SimFactory(args.backend, {**settings, "render_camera": False}))
 
 
 def run(args: Args) -> int:
@@ -73,22 +101,24 @@ def run(args: Args) -> int:
     config = asdict(args) | {"route_names": args.route_names, "weather_names": args.weather_names,
                              "camera_config": args.camera_config.to_dict()}
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    specs = plan_episodes(args.route_names, args.weather_names, args.trials, args.seed, args.policy)
-    campaign = Campaign(out, lambda: make_simulator(args.backend, **simulator_settings(args)),
-                        lambda spec: make_policy(spec.policy))
+    specs = plan_episodes(args.route_names, args.weather_names, args.trials, args.seed, args.policy,
+                          args.correction_names)
+    campaign = campaign_for(args, out)
     todo = campaign.pending(specs, args.resume)
-    failed = 0
+    counts = {"goal": 0, "failed": 0}
     with tqdm(total=len(specs), initial=len(specs) - len(todo), desc="episodes", unit="ep") as bar:
         def on_episode(spec, row) -> None:
-            nonlocal failed
-            failed += row["termination"] != "goal"
-            bar.set_postfix(route=spec.route, last=row["termination"], failed=failed)
+            counts["goal"] += row["termination"] == "goal"
+            counts["failed"] += row["termination"].startswith("failed")
+            bar.set_postfix(route=spec.route, last=row["termination"], **counts)
             bar.update()
 
-        rows = campaign.run(specs, resume=args.resume, on_episode=on_episode)
+        rows = campaign.run(specs, resume=args.resume, workers=args.workers, on_episode=on_episode)
     print(f"{len(rows)} episodes -> {campaign.results_path}")
     for row in rows:
-        print(f"  {row['route']:10s} {row['weather']:13s} t{row['trial']} {row['termination']:10s} "
+        who = row["correction"] or row["policy"]
+        print(f"  {row['route']:10s} {row['weather']:13s} {who:12s} t{row['trial']} {row['termination']:10s} "
               f"completion={row['route_completion']:.3f} lat_mean={row['lateral_offset_mean_m']:.3f} m "
-              f"lat_max={row['lateral_offset_max_m']:.3f} m collisions={row['collisions']}")
+              f"lat_max={row['lateral_offset_max_m']:.3f} m frechet={row['frechet_m']:.2f} m "
+              f"collisions={row['collisions']}")
     return 0
