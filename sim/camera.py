@@ -1,4 +1,4 @@
-"""The embedded forward RGB camera: a fast pinhole renderer of a :class:`~sim.scene.Scene` with cv2 polygon fills.
+"""The embedded forward RGB camera: a fast pinhole renderer of a :class:`~sim.scene.Scene` using cv2 fills.
 
 What it draws, back to front, for a vehicle pose ``(x, y, yaw)`` in CARLA's world frame (x forward/east,
 y right, z up, metres; yaw in radians, positive from +x towards +y):
@@ -10,11 +10,12 @@ y right, z up, metres; yaw in radians, positive from +x towards +y):
 3. a wet sheen (sky reflection near the horizon on asphalt) and distance haze/fog as per-pixel blends over
    precomputed row bands (the depth of a ground pixel does not depend on the vehicle's yaw);
 4. the boxes far to near (painter's algorithm), only faces facing the camera, shaded by their orientation to
-   the sun and fogged by their distance;
+   the sun and fogged by their depth;
 5. rain streaks: one of a few precomputed layers, picked by the frame index.
 
-Everything that does not depend on the pose is computed in the constructor or in :meth:`CameraRenderer.set_weather`,
-so :meth:`CameraRenderer.render` is a few dozen numpy/cv2 calls. The output is deterministic bit for bit.
+Everything that does not depend on the pose is computed in the constructor or in
+:meth:`CameraRenderer.set_weather`, so :meth:`CameraRenderer.render` is about a hundred small numpy/cv2 calls.
+The output is deterministic bit for bit.
 """
 
 from __future__ import annotations
@@ -31,39 +32,46 @@ from sim.weather import Weather
 SHIFT = 8  # fractional bits of the fixed-point vertex coordinates given to cv2 fills (1/256 px)
 _SCALE = float(1 << SHIFT)
 _COORD_LIMIT = float(2**30)  # fixed-point coordinates are clipped to this so the int32 cast never wraps
-_NEAR_M = 0.1  # near clipping plane, metres in front of the camera
-_SMALL_SCENE = 2048  # at most this many ground quads: project them all instead of grid culling
+_OFFSCREEN = -(2.0**29)  # fixed-point coordinate far outside any image (polygons wholly behind the camera)
+_EMPTY_PTS = np.zeros((0, 4, 2), np.int32)
+_NEAR_M = 0.1  # near clipping plane for the ground, metres in front of the camera (may be lowered)
+_BOX_NEAR_M = 0.5  # near plane for boxes: nearer walls are off-screen anyway, and cv2's fills loop over every
+# (even off-image) row of a polygon, so very tall projected faces would be slow
+_MIN_BOX_PX = 0.35  # boxes whose narrowest side would be thinner than this (pixels) are not drawn
+_STRIP_QUADS = 16  # at most this many chained strip quads are drawn as one outline polygon
 _RAIN_LAYERS = 8  # precomputed rain streak layers, cycled by the frame index
+_COLOUR_LUT_BYTES = 16e6  # at most this much memory for the per-face, per-distance box colour table
 _FOG_START_MIN_M = 8.0  # fog never starts nearer than this (CARLA presets say 0.75 m; keeps blends cheap)
 
 # Albedo-like base colours (RGB at unit light). Unknown ground materials are grey, unknown boxes beige-grey.
 GROUND_RGB: dict[int, tuple[int, int, int]] = {
     Material.GRASS: (92, 118, 58),
     Material.SIDEWALK: (170, 166, 158),
-    Material.ASPHALT: (82, 82, 86),
-    Material.JUNCTION: (88, 87, 90),
+    Material.ASPHALT: (88, 88, 92),
+    Material.JUNCTION: (94, 93, 96),
     Material.KERB: (198, 196, 188),
     Material.MARKING_WHITE: (240, 240, 234),
     Material.STOP_LINE: (244, 244, 240),
 }
 BOX_RGB: dict[int, tuple[int, int, int]] = {
-    Material.BUILDING: (182, 160, 136),
-    Material.WALL: (160, 152, 142),
-    Material.POLE: (122, 122, 126),
+    Material.BUILDING: (200, 178, 150),
+    Material.WALL: (176, 168, 156),
+    Material.POLE: (150, 150, 156),
 }
 _DEFAULT_GROUND_RGB = (128, 128, 128)
 _DEFAULT_BOX_RGB = (150, 146, 140)
-_ROOF_RGB = (118, 110, 106)
-_DARKENED_BY_WET = {Material.ASPHALT: 0.5, Material.JUNCTION: 0.5, Material.SIDEWALK: 0.7, Material.KERB: 0.8,
-                    Material.MARKING_WHITE: 0.88, Material.STOP_LINE: 0.88}
+_ROOF_RGB = (130, 122, 116)
+_DARKENED_BY_WET = {Material.ASPHALT: 0.68, Material.JUNCTION: 0.68, Material.SIDEWALK: 0.75,
+                    Material.KERB: 0.82, Material.MARKING_WHITE: 0.88, Material.STOP_LINE: 0.88}
 
 # Faces of a box as indices into its 8 corners (bottom 0-3, top 4-7): 4 sides then the roof.
 _FACE_CORNERS = np.array([[0, 1, 5, 4], [1, 2, 6, 5], [2, 3, 7, 6], [3, 0, 4, 7], [4, 5, 6, 7]])
+_FIVE = np.arange(5)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Small maths helpers
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 def carla_rotation(pitch_deg: float, yaw_deg: float, roll_deg: float) -> np.ndarray:
@@ -97,9 +105,9 @@ def _lerp(a, b, t):
     return a + (np.asarray(b, np.float64) - a) * t
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Weather -> look
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 class _Look:
@@ -125,17 +133,17 @@ class _Look:
         high = float(_smoothstep(alt_deg / 30.0))
         self.warm = warm * (1.0 - 0.7 * cloud)
         # Light: direct sun dimmed by clouds, warmer when low; sky ambient weaker when the sun is low.
-        self.sun = _lerp((1.0, 0.98, 0.95), (1.0, 0.64, 0.36), self.warm) * 0.8 * (1.0 - 0.85 * cloud) * day
+        self.sun = _lerp((1.0, 0.98, 0.95), (1.0, 0.64, 0.36), self.warm) * 0.7 * (1.0 - 0.85 * cloud) * day
         sky_tint = _lerp((0.92, 0.96, 1.05), (1.0, 1.0, 1.0), cloud)
-        self.ambient = sky_tint * (0.42 + 0.1 * cloud) * (0.45 + 0.55 * high) * (0.3 + 0.7 * day)
-        self.ambient = self.ambient * (1.0 - 0.25 * self.rain)
+        self.ambient = sky_tint * (0.5 + 0.1 * cloud) * (0.45 + 0.55 * high) * (0.3 + 0.7 * day)
+        self.ambient = self.ambient * (1.0 - 0.15 * self.rain)
         # Sky colours: clear blue (orange horizon at sunset) blended towards overcast grey.
         clear_hor = _lerp((198, 218, 238), (252, 168, 100), warm * 0.95)
         clear_zen = _lerp((60, 120, 206), (66, 92, 158), warm)
         grey = 1.0 - 0.3 * self.rain
         cloud_hor, cloud_zen = np.array((200, 202, 206)) * grey, np.array((158, 163, 171)) * grey
         c = cloud**0.7
-        bright = 0.55 + 0.45 * high * (0.4 + 0.6 * day) + 0.0 * c
+        bright = 0.55 + 0.45 * high * (0.4 + 0.6 * day)
         self.horizon = _lerp(clear_hor, cloud_hor, c) * (0.7 + 0.3 * bright)
         self.zenith = _lerp(clear_zen, cloud_zen, c) * bright
         # Fog: a haze ramp near the far distance always, plus CARLA's fog density and rain as extinction.
@@ -158,7 +166,7 @@ class _Look:
         horiz = math.hypot(s[0], s[1])
         sh = s[:2] / horiz if horiz > 1e-9 else np.zeros(2)
         cos_az = normals_xy @ sh
-        amb = self.ambient * (0.78 + 0.12 * cos_az)[..., None]
+        amb = self.ambient * (1.05 + 0.2 * cos_az)[..., None]
         direct = self.sun * (max(horiz, 0.0) * np.maximum(cos_az, 0.0))[..., None]
         return amb + direct
 
@@ -179,14 +187,14 @@ class _Look:
         return 1.0 - (1.0 - haze) * (1.0 - fog)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Geometry preparation (construction time)
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 def _cell_pairs(lo: np.ndarray, hi: np.ndarray, origin: np.ndarray, cell_m: float,
                 ny: int) -> tuple[np.ndarray, np.ndarray]:
-    """(item, cell id) pairs for every grid cell each bounding box [lo, hi] (n, 2) touches; cell = ix*ny + iy."""
+    """(item, cell id) pairs for every cell each bounding box [lo, hi] (n, 2) touches (id = ix*ny + iy)."""
     ij0 = np.floor((lo - origin) / cell_m).astype(np.int64)
     ij1 = np.floor((hi - origin) / cell_m).astype(np.int64)
     sx, sy = ij1[:, 0] - ij0[:, 0] + 1, ij1[:, 1] - ij0[:, 1] + 1
@@ -241,7 +249,8 @@ def overlap_layers(quads: np.ndarray, material: np.ndarray, tol: float = 1e-3) -
     run_end = np.repeat(starts + lengths, lengths)
     partners = run_end - pos - 1
     first = np.repeat(pos, partners)
-    second = first + 1 + (np.arange(int(partners.sum())) - np.repeat(np.cumsum(partners) - partners, partners))
+    within = np.arange(int(partners.sum())) - np.repeat(np.cumsum(partners) - partners, partners)
+    second = first + 1 + within
     qa, qb = item[first], item[second]
     if len(qa) == 0:
         return layers
@@ -268,91 +277,194 @@ def overlap_layers(quads: np.ndarray, material: np.ndarray, tol: float = 1e-3) -
     return layers
 
 
-def _clip_near(poly: np.ndarray, near: float) -> tuple[np.ndarray, np.ndarray]:
-    """Clip polygons against the plane Z = ``near`` (vectorised Sutherland-Hodgman, one plane).
+def _clip_near(homog: np.ndarray, near: float, fill: np.ndarray | None = None) -> np.ndarray:
+    """Clip polygons against the plane Z = ``near`` and project them to int32 fixed-point pixels.
 
-    ``poly`` (n, k, 3) holds vertices as (a, b, Z) where a, b are any coordinates linear in camera space (here
-    K-scaled ``u*Z, v*Z``). Returns the clipped polygons (m, 2k, 3) padded to a fixed size by repeating
-    vertices (harmless for fills) and the mask (n,) of the input polygons that kept something. Intersections
-    are interpolated from the inside endpoint, so an edge shared by two polygons clips to the same point.
+    ``homog`` (n, k, 3) holds vertices as K-scaled homogeneous camera points (S*u*Z, S*v*Z, Z). Vectorised
+    Sutherland-Hodgman on one plane, in a fixed-size layout (n, 2k, 2): each vertex slot is followed by an
+    edge slot. A vertex in front keeps its projection, the slot of an edge crossing the plane gets the
+    intersection, and every other slot gets a point on the line where the polygon's plane meets the near
+    plane: ``fill`` (2, 1, 1) when the caller knows one (the ground), else the polygon's first intersection.
+    All intersections lie on that line, so those repeats only run along the clipped edge: exact for convex
+    polygons, and for the ground's non-convex strips the line's image is far outside the picture (see
+    ``_ground_clip_line``). A polygon wholly behind collapses to one point: off-screen, or ``fill``. The
+    intersection formula is symmetric in the edge's endpoints, so a shared edge clips to bit-identical points.
     """
-    z = poly[..., 2]
+    n, k, _ = homog.shape
+    nxt = _next_index(k)
+    abz = np.ascontiguousarray(homog.transpose(2, 0, 1))
+    ab, z = abz[:2], abz[2]
+    zq = z.take(nxt, axis=1)
     inside = z > near
-    keep = inside.any(axis=1)
-    poly, z, inside = poly[keep], z[keep], inside[keep]
-    m, k = inside.shape
-    nxt = np.roll(poly, -1, axis=1)
-    inside_n = np.roll(inside, -1, axis=1)
-    cross = inside != inside_n
-    a = np.where(inside[..., None], poly, nxt)
-    b = np.where(inside[..., None], nxt, poly)
-    za, zb = a[..., 2], b[..., 2]
-    t = (near - za) / np.where(cross, zb - za, 1.0)
-    inter = a + t[..., None] * (b - a)
-    inter[..., 2] = near
-    out = np.empty((m, 2 * k, 3))
-    out[:, 0::2], out[:, 1::2] = poly, inter
-    valid = np.empty((m, 2 * k), bool)
-    valid[:, 0::2], valid[:, 1::2] = inside, cross
-    idx = np.where(valid, np.arange(2 * k), -1)
-    np.maximum.accumulate(idx, axis=1, out=idx)
-    idx = np.where(idx < 0, valid.argmax(axis=1)[:, None], idx)
-    return np.take_along_axis(out, idx[..., None], axis=1), keep
+    cross = inside != inside.take(nxt, axis=1)
+    r = 1.0 / (np.where(cross, zq - z, 1.0) * near)
+    inter = (ab * (zq - near) - ab.take(nxt, axis=2) * (z - near)) * r
+    out = np.empty((2, n, k, 2))
+    if fill is None:
+        fill = inter[:, np.arange(n), cross.argmax(axis=1)][:, :, None]
+        behind = ~inside.any(axis=1)
+        if behind.any():
+            fill[:, behind] = _OFFSCREEN
+    out[..., 0] = np.where(inside, ab * (1.0 / np.maximum(z, near)), fill)
+    out[..., 1] = np.where(cross, inter, out[..., 0])
+    np.clip(out, -_COORD_LIMIT, _COORD_LIMIT, out=out)
+    return out.transpose(1, 2, 3, 0).astype(np.int32).reshape(n, 2 * k, 2)
 
 
-def _to_fixed(homog: np.ndarray) -> np.ndarray:
-    """(..., 3) K-scaled homogeneous points with Z > 0 -> (..., 2) int32 fixed-point pixel coordinates."""
-    uv = homog[..., :2] / homog[..., 2:3]
-    np.clip(uv, -_COORD_LIMIT, _COORD_LIMIT, out=uv)
-    return uv.astype(np.int32)
+def _clip_face(corners: list, rows: list, near: float) -> np.ndarray:
+    """Near-clip one convex face given by world corners (4 lists of x, y, z) and project it (plain Python).
+
+    ``rows`` is the 3x4 world -> (S*u*Z, S*v*Z, Z) matrix as lists. For the one or two faces per frame that
+    cross the near plane this beats the vectorised :func:`_clip_near`. Returns int32 fixed-point (k, 2); a
+    face wholly behind collapses to an off-screen point.
+    """
+    (a0, a1, a2, a3), (b0, b1, b2, b3), (c0, c1, c2, c3) = rows
+    hom = [(a0 * x + a1 * y + a2 * z + a3, b0 * x + b1 * y + b2 * z + b3, c0 * x + c1 * y + c2 * z + c3)
+           for x, y, z in corners]
+    out = []
+    for i, (pa, pb, pz) in enumerate(hom):
+        qa, qb, qz = hom[i - 3]  # the next vertex (index i + 1 modulo 4)
+        if pz > near:
+            out.append((pa / pz, pb / pz))
+        if (pz > near) != (qz > near):
+            r = 1.0 / ((qz - pz) * near)
+            out.append(((pa * (qz - near) - qa * (pz - near)) * r, (pb * (qz - near) - qb * (pz - near)) * r))
+    if not out:
+        return np.full((3, 2), int(_OFFSCREEN), np.int32)
+    return np.clip(np.array(out), -_COORD_LIMIT, _COORD_LIMIT).astype(np.int32)
 
 
-class _GroundIndex:
-    """A uniform grid of cells over the ground quads; a query returns the quads in cells the camera can see.
+_NEXT_INDEX: dict[int, np.ndarray] = {}
 
-    A quad is listed in every cell its bounding box touches, so long quads are never missed. The query tests
-    a fixed window of cells around the camera against the view wedge and the far distance (vectorised), then
-    expands the selected cells' item ranges and de-duplicates through a boolean mask, which also sorts them.
+
+def _next_index(k: int) -> np.ndarray:
+    """Cached ``[1, 2, ..., k-1, 0]``: the index of each polygon vertex's successor."""
+    idx = _NEXT_INDEX.get(k)
+    if idx is None:
+        idx = _NEXT_INDEX[k] = np.r_[np.arange(1, k), 0]
+    return idx
+
+
+def strip_pieces(quads: np.ndarray, group: np.ndarray, max_quads: int) -> list[tuple[int, int]]:
+    """Split quads (sorted by paint group) into runs ``(start, count)`` that can be drawn as one polygon.
+
+    Quads ``i`` and ``i+1`` chain when they are in the same group and share an edge the way
+    :func:`sim.scene.quad_strip` builds strips (vertices 1, 2 of ``i`` are vertices 0, 3 of ``i+1``). Why:
+    ``cv2.fillPoly`` costs about as much per polygon as per 20 vertices, so a strip of quads is far cheaper as
+    its outline. Runs hold at most ``max_quads`` quads; unchained quads are runs of one.
+    """
+    n = len(quads)
+    if n == 0:
+        return []
+    link = (group[1:] == group[:-1]) & np.all(quads[:-1, 1] == quads[1:, 0], axis=1) & np.all(
+        quads[:-1, 2] == quads[1:, 3], axis=1)
+    breaks = np.flatnonzero(~link) + 1
+    pieces = []
+    for start, end in zip(np.r_[0, breaks].tolist(), np.r_[breaks, n].tolist(), strict=True):
+        for s in range(start, end, max_quads):
+            pieces.append((s, min(max_quads, end - s)))
+    return pieces
+
+
+def strip_outline(quads: np.ndarray, size: int) -> np.ndarray:
+    """The outline (2 * size + 2, 2) of a chained run of quads (k, 4, 2), padded by repeating its last vertex.
+
+    Left side forwards (vertices 0 then 1 of each quad), right side backwards (vertices 2 then 3).
+    """
+    k = len(quads)
+    left = np.concatenate([quads[:1, 0], quads[:, 1]])
+    right = np.concatenate([quads[-1:, 2], quads[::-1, 3]])
+    out = np.concatenate([left, right])
+    return np.concatenate([out, np.repeat(out[-1:], 2 * (size - k), axis=0)])
+
+
+class _Grid:
+    """A uniform grid of square cells over the ground, and per heading the cells a camera can see.
+
+    Which window cells are visible depends only on the camera's heading once its position is snapped to its
+    cell, so it is tabulated at construction for ``bins`` headings, conservatively: each cell is tested by
+    its bounding circle, grown by how far the camera can be from its cell's centre, against the far distance
+    and the view wedge widened by half a heading bin. A query is then one table lookup and one addition.
+    The grid is padded by twice the window radius, so window cells never leave it while the camera is near
+    the scene; farther away nothing can be visible.
     """
 
-    def __init__(self, quads: np.ndarray, cell_m: float, far_m: float) -> None:
-        lo, hi = quads.min(axis=1), quads.max(axis=1)
-        self.n = len(quads)
-        self.origin = lo.min(axis=0)
-        extent = hi.max(axis=0) - self.origin
-        self.cell = max(cell_m, float(np.sqrt((extent[0] + 1.0) * (extent[1] + 1.0) / 1e6)))
-        self.nx = int(extent[0] // self.cell) + 1
-        self.ny = int(extent[1] // self.cell) + 1
-        item, cid = _cell_pairs(lo, hi, self.origin, self.cell, self.ny)
-        order = np.lexsort((item, cid))
-        self.items = item[order].astype(np.int32)
-        counts = np.bincount(cid, minlength=self.nx * self.ny)
-        self.count = counts.astype(np.int64)
-        self.start = (np.cumsum(counts) - counts).astype(np.int64)
-        r = int(math.ceil(far_m / self.cell)) + 1
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, cell_m: float, far_m: float, half_angle: float | None,
+                 bins: int = 720) -> None:
+        extent = hi - lo
+        self.cell = cell = max(cell_m, float(np.sqrt((extent[0] + 1.0) * (extent[1] + 1.0) / 4e6)))
+        r_cell = cell * math.sqrt(0.5)
+        reach = far_m + 2.0 * r_cell
+        self.r = r = int(math.ceil(reach / cell)) + 1
+        self.origin = lo - 2 * r * cell
+        self.nx = int(extent[0] // cell) + 1 + 4 * r
+        self.ny = int(extent[1] // cell) + 1 + 4 * r
+        self.bins = bins
         ox, oy = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1), indexing="ij")
-        self.ox, self.oy = ox.ravel(), oy.ravel()
-        self.oxm, self.oym = self.ox * self.cell, self.oy * self.cell
-        self.radius = self.cell * math.sqrt(0.5)
+        px, py = (ox * cell).ravel(), (oy * cell).ravel()
+        delta = (ox * self.ny + oy).ravel()
+        near = px * px + py * py <= reach * reach
+        if half_angle is None:
+            self.table = [delta[near]]
+            return
+        heading = np.arange(bins)[:, None] * (2.0 * math.pi / bins)
+        a = half_angle + math.pi / bins
+        grow = 2.0 * r_cell
+        left = px * np.sin(heading - a) - py * np.cos(heading - a) <= grow
+        right = -px * np.sin(heading + a) + py * np.cos(heading + a) <= grow
+        ok = near & left & right
+        self.table = [delta[row] for row in ok]
 
-    def select(self, cam_xy: tuple[float, float], wedge: tuple | None, far_m: float) -> np.ndarray:
-        """Sorted indices of the quads in cells within ``far_m`` of ``cam_xy`` and inside ``wedge``.
+    def visible_cells(self, x: float, y: float, heading: float) -> np.ndarray | None:
+        """Ids (ix * ny + iy) of the cells a camera at (x, y) with this heading (rad) may see, or None."""
+        fx = math.floor((x - self.origin[0]) / self.cell)
+        fy = math.floor((y - self.origin[1]) / self.cell)
+        r = self.r
+        if not (r <= fx < self.nx - r and r <= fy < self.ny - r):
+            return None
+        table = self.table[int(round(heading * self.bins / (2.0 * math.pi))) % self.bins] if len(
+            self.table) > 1 else self.table[0]
+        return table + (fx * self.ny + fy)
 
-        ``wedge`` is ``(nlx, nly, nrx, nry)``: outward unit normals of the view wedge's left and right
-        boundaries in world xy, or None for no angular culling.
-        """
-        cx, cy = cam_xy
-        fx = math.floor((cx - self.origin[0]) / self.cell)
-        fy = math.floor((cy - self.origin[1]) / self.cell)
-        px = self.oxm + ((fx + 0.5) * self.cell + self.origin[0] - cx)
-        py = self.oym + ((fy + 0.5) * self.cell + self.origin[1] - cy)
-        r = self.radius
-        ok = px * px + py * py <= (far_m + r) ** 2
-        if wedge is not None:
-            ok &= (px * wedge[0] + py * wedge[1] <= r) & (px * wedge[2] + py * wedge[3] <= r)
-        ix, iy = self.ox + fx, self.oy + fy
-        ok &= (ix >= 0) & (ix < self.nx) & (iy >= 0) & (iy < self.ny)
-        cells = (ix * self.ny + iy)[ok]
+
+class _Ground:
+    """All ground polygons of a scene, sorted by paint group and listed per grid cell.
+
+    Strip runs are merged into outline polygons (see :func:`strip_pieces`) when most quads chain, and every
+    polygon is padded to one vertex count so projection and clipping are single vectorised passes. A polygon
+    is listed in every cell its bounding box touches, so long ones are never missed; a query expands the
+    visible cells' item ranges and de-duplicates them through a boolean mask, which also keeps group order.
+    """
+
+    def __init__(self, quads: np.ndarray, group: np.ndarray, n_groups: int, grid: _Grid) -> None:
+        pieces = strip_pieces(quads, group, _STRIP_QUADS)
+        chained = sum(k for _, k in pieces if k > 1)
+        size = _STRIP_QUADS if chained * 2 >= len(quads) else 1
+        if size == 1:
+            pieces = [(i, 1) for i in range(len(quads))]
+        polys = np.stack([strip_outline(quads[s:s + k], size) for s, k in pieces]) if pieces else np.zeros(
+            (0, 2 * size + 2, 2))
+        piece_group = group[[s for s, _ in pieces]] if pieces else np.zeros(0, np.int64)
+        self.polys = np.ascontiguousarray(polys, np.float64)
+        self.polys_h = np.concatenate([self.polys, np.ones(self.polys.shape[:2] + (1,))], axis=2)
+        self.n = len(polys)
+        lo, hi = self.polys.min(axis=1), self.polys.max(axis=1)
+        centre = 0.5 * (lo + hi)
+        self.centre_h = np.column_stack([centre, np.ones(self.n)])  # bounding circles, for cheap depth bounds
+        self.radius = np.linalg.norm(0.5 * (hi - lo), axis=1)
+        self.group_start = np.searchsorted(piece_group, np.arange(n_groups + 1)).astype(np.int64)
+        self.empty = np.zeros(n_groups + 1, np.int64).tolist()
+        if self.n == 0:
+            return
+        item, cid = _cell_pairs(lo, hi, grid.origin, grid.cell, grid.ny)
+        order = np.lexsort((item, cid))
+        self.items = item[order].astype(np.int64)
+        counts = np.bincount(cid, minlength=grid.nx * grid.ny).astype(np.int64)
+        self.count = counts
+        self.start = np.cumsum(counts) - counts
+
+    def select(self, cells: np.ndarray) -> np.ndarray:
+        """Sorted indices of the polygons listed in ``cells``."""
         counts = self.count[cells]
         total = int(counts.sum())
         if total == 0:
@@ -363,10 +475,39 @@ class _GroundIndex:
         mask[self.items[offs]] = True
         return np.flatnonzero(mask)
 
+    def project(self, cells: np.ndarray, hom: np.ndarray, near: float, fill: np.ndarray) -> tuple:
+        """Fixed-point image polygons of the ground in ``cells``, split by whether they needed near-clipping.
 
-# --------------------------------------------------------------------------------------------------------------
+        ``hom`` maps world (x, y, 1) on the ground to (S*u*Z, S*v*Z, Z). Returns ``(pts, bounds, clipped,
+        clipped_bounds)``: int32 polygons wholly in front of the near plane, the near-clipped ones (or None),
+        and for each the paint-group boundaries as lists.
+        """
+        sel = self.select(cells)
+        n = len(sel)
+        if n == 0:
+            return _EMPTY_PTS, self.empty, None, None
+        bounds = np.searchsorted(sel, self.group_start)
+        # Depth bounds from bounding circles: Z is affine on the ground with gradient |(h20, h21)|.
+        zc = self.centre_h.take(sel, axis=0) @ hom[2]
+        zr = self.radius.take(sel) * math.hypot(hom[2, 0], hom[2, 1])
+        allin = zc - zr > near
+        polys = self.polys.take(sel, axis=0)
+        uv = cv2.perspectiveTransform(polys.reshape(-1, 1, 2), hom)
+        np.clip(uv, -_COORD_LIMIT, _COORD_LIMIT, out=uv)
+        pts = uv.astype(np.int32).reshape(n, -1, 2)
+        if allin.all():
+            return pts, bounds.tolist(), None, None
+        idx_in = np.flatnonzero(allin)
+        idx_near = np.flatnonzero((zc + zr > near) & ~allin)  # wholly behind: dropped
+        near_h = self.polys_h.take(sel.take(idx_near), axis=0)
+        clipped = _clip_near(near_h @ hom.T, near, fill)
+        return (pts.take(idx_in, axis=0), np.searchsorted(idx_in, bounds).tolist(), clipped,
+                np.searchsorted(idx_near, bounds).tolist())
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The renderer
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 class CameraRenderer:
@@ -405,20 +546,45 @@ class CameraRenderer:
         self._mount_rot = carla_rotation(cam.pitch_deg, cam.yaw_deg, cam.roll_deg)  # camera local -> vehicle
         self._cv_from_vehicle = _LOCAL_TO_CV @ self._mount_rot.T
         self._ks_cv_from_vehicle = ks @ self._cv_from_vehicle
+        self._ks_rows = [tuple(float(v) for v in row) for row in self._ks_cv_from_vehicle]
         self._mount_xy = (float(cam.x_m), float(cam.y_m))
         self._cam_z = float(cam.z_m)
         self._wedge_half, self._wedge_yaw = self._view_wedge()
+        self._ground_near, self._ground_fill = self._ground_clip_line()
+
+    def _ground_clip_line(self) -> tuple[float, np.ndarray]:
+        """Near distance (m) for clipping the ground, and the fixed-point image (2, 1, 1) of a point on its
+        clip line.
+
+        The clip line is where the plane Z = near meets the ground; its image lies about f*h/near pixels from
+        the principal point, so near is halved from 0.1 m until that is beyond twice the image size. Then the
+        detours along it that :func:`_clip_near` makes are never visible.
+        """
+        a, b, c = (float(v) for v in self._cv_from_vehicle[:, 2])  # ground normal in camera coordinates
+        h, f = self._cam_z, self.focal_px
+        ab2 = a * a + b * b
+        near = _NEAR_M
+        if ab2 < 1e-18:
+            return near, np.full((2, 1, 1), _OFFSCREEN)  # image plane parallel to the ground: never cut
+        limit = 2.0 * max(self.width, self.height)
+        while f * abs(h + c * near) / (near * math.sqrt(ab2)) < limit and near > 1e-5:
+            near *= 0.5
+        x, y = a * (-h - c * near) / ab2, b * (-h - c * near) / ab2  # the line's point nearest the axis
+        u = (self.width / 2.0 + f * x / near - 0.5) * _SCALE
+        v = (self.height / 2.0 + f * y / near - 0.5) * _SCALE
+        return near, np.clip(np.array([u, v]), -_COORD_LIMIT, _COORD_LIMIT).reshape(2, 1, 1)
 
     def _view_wedge(self) -> tuple[float | None, float]:
-        """Half-angle (rad) and centre yaw (rad, vehicle frame) of the horizontal wedge holding every view ray.
+        """Half-angle and centre yaw (rad, vehicle frame) of the horizontal wedge holding every view ray.
 
         Sampled on the image border (azimuth is extreme there); None when rays point too steeply or the wedge
         is wider than a half-plane, in which case only distance culling is used.
         """
         w, h = self.width, self.height
         t = np.linspace(0.0, 1.0, 33)
-        border = np.concatenate([np.stack([t * w, np.zeros_like(t)], 1), np.stack([t * w, np.full_like(t, h)], 1),
-                                 np.stack([np.zeros_like(t), t * h], 1), np.stack([np.full_like(t, w), t * h], 1)])
+        zero, one = np.zeros_like(t), np.ones_like(t)
+        border = np.concatenate([np.stack([t * w, zero], 1), np.stack([t * w, one * h], 1),
+                                 np.stack([zero, t * h], 1), np.stack([one * w, t * h], 1)])
         rays = self._rays_vehicle(border)
         fwd = self._mount_rot[:, 0]
         centre = math.atan2(fwd[1], fwd[0])
@@ -447,50 +613,67 @@ class CameraRenderer:
         self._ground_px = dz < -1e-9
         with np.errstate(divide="ignore"):
             self._ground_dist = np.where(self._ground_px, self._cam_z / np.maximum(-dz, 1e-9), np.inf)
-        self._sky_mask = np.where(self._ground_px, 0, 255).astype(np.uint8)
+        ground_rows = np.flatnonzero(self._ground_px.any(axis=1))
+        self._sky_rows = int(ground_rows[0]) if len(ground_rows) else h  # rows above any ground pixel
 
     def _init_ground(self, scene: Scene, cell_m: float) -> None:
-        """Sort quads into paint groups (material, overlap layer) and build the culling grid."""
-        quads = np.asarray(scene.ground_quads, np.float64)
+        """Sort quads into paint groups (material, overlap layer), merge strips, build the culling grid."""
+        quads = np.asarray(scene.ground_quads, np.float64).reshape(-1, 4, 2)
         mats = np.asarray(scene.ground_material, np.int64)
         layers = overlap_layers(quads, mats) if len(quads) else np.zeros(0, np.int32)
         order = np.lexsort((np.arange(len(quads)), layers, mats))
-        self._quads = np.ascontiguousarray(quads[order])
-        key = mats[order] * 4096 + layers[order]
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
-        self._group_material = [int(mats[order][s]) for s in starts]
-        self._group_start = np.r_[starts, len(key)].astype(np.int64)
-        self._all_quads = np.arange(len(quads))
-        self._index = _GroundIndex(self._quads, cell_m, self.far_m) if len(quads) > _SMALL_SCENE else None
+        quads, mats = quads[order], mats[order]
+        key = mats * 4096 + layers[order]
+        new_group = np.r_[True, key[1:] != key[:-1]] if len(key) else np.zeros(0, bool)
+        self._group_material = [int(m) for m in mats[new_group]]
+        group = np.cumsum(new_group) - 1
+        if len(quads):
+            lo, hi = quads.reshape(-1, 2).min(axis=0), quads.reshape(-1, 2).max(axis=0)
+        else:
+            lo, hi = np.zeros(2), np.ones(2)
+        self._grid = _Grid(lo, hi, cell_m, self.far_m, self._wedge_half)
+        self._ground = _Ground(quads, group, len(self._group_material), self._grid)
 
     def _init_boxes(self, scene: Scene) -> None:
-        """Box corners, outward face normals (footprints made counter-clockwise), face centres, bounds."""
-        fp = np.asarray(scene.box_footprints, np.float64).copy()
+        """Per box face (4 sides then the roof, flattened to m*5 faces): corners and facing plane.
+
+        Footprints are made counter-clockwise so side normals point outwards; a face faces the camera when
+        the camera is on the positive side of its plane (``plane . [x, y, z, 1] > 0``).
+        """
+        fp = np.asarray(scene.box_footprints, np.float64).reshape(-1, 4, 2).copy()
         m = len(fp)
         hgt = np.asarray(scene.box_heights_m, np.float64)
-        if m:
-            x, y = fp[..., 0], fp[..., 1]
-            area = 0.5 * np.sum(x * np.roll(y, -1, 1) - np.roll(x, -1, 1) * y, axis=1)
-            fp[area < 0] = fp[area < 0][:, ::-1]
+        x, y = fp[..., 0], fp[..., 1]
+        area = 0.5 * np.sum(x * np.roll(y, -1, 1) - np.roll(x, -1, 1) * y, axis=1)
+        fp[area < 0] = fp[area < 0][:, ::-1]
         edge = np.roll(fp, -1, axis=1) - fp
         normal = np.stack([edge[..., 1], -edge[..., 0]], axis=-1)
         normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
         self._box_normal = normal  # (m, 4, 2)
-        self._box_plane = np.sum(normal * fp, axis=-1)  # (m, 4): n . p for points on each side
-        self._box_height = hgt
         corners = np.ones((m, 8, 4))
         corners[:, :4, :2], corners[:, 4:, :2] = fp, fp
         corners[:, :4, 2], corners[:, 4:, 2] = 0.0, hgt[:, None]
-        self._box_corners = corners
-        centres = np.zeros((m, 5, 3))
-        centres[:, :4, :2] = 0.5 * (fp + np.roll(fp, -1, axis=1))
-        centres[:, :4, 2] = hgt[:, None] / 2.0
-        centres[:, 4, :2] = fp.mean(axis=1)
-        centres[:, 4, 2] = hgt
-        self._face_centre = centres
-        self._box_centre = fp.mean(axis=1) if m else np.zeros((0, 2))
-        self._box_radius = (np.linalg.norm(fp - self._box_centre[:, None], axis=-1).max(axis=1) if m
-                            else np.zeros(0))
+        self._face_corners = np.ascontiguousarray(corners[:, _FACE_CORNERS, :3].reshape(m * 5, 4, 3))
+        plane = np.zeros((m, 5, 4))
+        plane[:, :4, :2] = normal
+        plane[:, :4, 3] = -np.sum(normal * fp, axis=-1)
+        plane[:, 4, 2], plane[:, 4, 3] = 1.0, -hgt
+        self._face_plane = plane.reshape(m * 5, 4)
+        self._box_centre = fp.mean(axis=1)
+        self._box_radius = np.linalg.norm(fp - self._box_centre[:, None], axis=-1).max(axis=1, initial=0.0)
+        narrowest = np.minimum(np.linalg.norm(edge, axis=-1).min(axis=1, initial=np.inf), hgt)
+        lod = self.focal_px * narrowest / _MIN_BOX_PX
+        self._box_reach = np.minimum(self.far_m + self._box_radius, lod)
+        # A drawn corner in front of the near plane has |X|, |Y| <= extent, so |S*u| <= S*(f*extent/near + W):
+        # skip the int32 guard clip when that cannot overflow.
+        radius = float(np.max(self._box_radius, initial=0.0))
+        reach = float(np.max(self._box_reach, initial=0.0))
+        spread = math.tan(self._wedge_half) if self._wedge_half is not None else 0.0
+        extent = reach * (1.0 + spread) + 3.0 * radius + float(np.max(hgt, initial=0.0))
+        bound_px = self.focal_px * extent / _BOX_NEAR_M + 2 * max(self.width, self.height)
+        self._box_coords_bounded = bound_px * _SCALE < _COORD_LIMIT
+        # [cx, cy, 1, radius, reach]: one product with these rows gives all culling tests (_visible_boxes).
+        self._box_aug = np.column_stack([self._box_centre, np.ones(m), self._box_radius, self._box_reach])
         self._box_material = np.asarray(scene.box_material, np.int64)
         self._box_shade = np.asarray(scene.box_shade, np.float64)
 
@@ -500,14 +683,14 @@ class CameraRenderer:
         """Recompute everything weather-dependent: colours, background, fog and sheen bands, rain layers."""
         self.weather = weather
         look = _Look(weather)
-        self._look = look
-        self._fog_rgb = look.fog_rgb
         self._ground_colours = self._ground_palette(look)
         self._face_rgb = self._box_palette(look)
+        self._colour_lut, self._colour_bins_per_m = self._box_colour_lut(look)
         self._bg = self._background(look)
         self._sheen = self._sheen_band(look)
         self._fog = self._fog_band(look)
         self._sun = self._sun_sprite(look)
+        self._sun_dir = tuple(float(v) for v in look.sun_dir)
         self._rain = self._rain_layers(look)
 
     def _ground_palette(self, look: _Look) -> list[tuple[int, int, int]]:
@@ -535,7 +718,22 @@ class CameraRenderer:
         out[:, :4] = base[:, None, :] * look.wall_light(self._box_normal)
         roof = np.asarray(_ROOF_RGB, np.float64) * self._box_shade.reshape(m, 1)
         out[:, 4] = roof * look.ground_light()
-        return np.clip(out, 0.0, 255.0)
+        return np.clip(out, 0.0, 255.0).reshape(m * 5, 3)
+
+    def _box_colour_lut(self, look: _Look) -> tuple[np.ndarray, float]:
+        """Fogged uint8 RGB per box face and depth bin (m*5, bins, 3), and the bins per metre.
+
+        Why: looking a face's colour up is one gather per frame instead of a dozen small float operations.
+        Bins are at most 0.5 m deep and cover the deepest box that can be drawn.
+        """
+        faces = len(self._face_rgb)
+        reach = self.far_m + float(self._box_radius.max(initial=0.0)) + 1.0
+        bins = int(np.clip(_COLOUR_LUT_BYTES // max(3 * faces, 1), 16, math.ceil(reach / 0.5)))
+        per_m = bins / reach
+        fog = look.fog_weight((np.arange(bins) + 0.5) / per_m, self.far_m)[None, :, None]
+        rgb = self._face_rgb[:, None, :]
+        lut = rgb + (np.asarray(look.fog_rgb) - rgb) * fog
+        return np.clip(np.rint(lut), 0, 255).astype(np.uint8), per_m
 
     def _background(self, look: _Look) -> np.ndarray:
         """Sky gradient (by ray elevation) above the horizon and unfogged verge below: (H, W, 3) uint8."""
@@ -550,30 +748,36 @@ class CameraRenderer:
         return (int(rows[0]), int(rows[-1]) + 1) if len(rows) else None
 
     def _fog_band(self, look: _Look) -> tuple | None:
-        """Rows, weights and fog colour image for the per-pixel ground fog blend (cv2.blendLinear)."""
+        """Rows and fixed-point factors of the per-pixel ground fog blend, or None when nothing is fogged.
+
+        The blend ``img * (1 - w) + fog * w`` runs as ``cv2.multiply`` by ``(1 - w) * 255`` (scale 1/255) and
+        ``cv2.add`` of ``fog * w``, both uint8: about five times faster than ``cv2.blendLinear``, at most one
+        level off. The weights depend on the pixel's ground distance only, which the pose cannot change.
+        """
         w = np.where(self._ground_px, look.fog_weight(np.where(self._ground_px, self._ground_dist, 0.0),
                                                       self.far_m), 0.0)
         band = self._row_band(w, 0.5 / 255.0)
         if band is None:
             return None
         r0, r1 = band
-        wb = w[r0:r1].astype(np.float32)
-        colour = np.empty((r1 - r0, self.width, 3), np.uint8)
-        colour[:] = np.clip(np.rint(look.fog_rgb), 0, 255).astype(np.uint8)
-        return r0, r1, np.ascontiguousarray(1.0 - wb), np.ascontiguousarray(wb), colour
+        wb = w[r0:r1, :, None]
+        keep = np.clip(np.rint((1.0 - wb) * 255.0), 0, 255).astype(np.uint8).repeat(3, axis=2)
+        add = np.clip(np.rint(wb * np.asarray(look.fog_rgb)), 0, 255).astype(np.uint8)
+        return r0, r1, np.ascontiguousarray(keep), np.ascontiguousarray(add)
 
     def _sheen_band(self, look: _Look) -> tuple | None:
         """Rows, colour bounds and reflection image for the wet-road sheen, or None when dry.
 
         A wet road mirrors the sky: Schlick's Fresnel term grows towards grazing angles, so the asphalt gets
-        lighter and sky-tinted towards the horizon. Applied only to pixels painted in the asphalt/junction colour.
+        lighter and sky-tinted towards the horizon. Applied only to pixels painted in the asphalt colours.
         """
         if look.wet <= 0.02:
             return None
         dz = np.sin(-self._elevation)  # cos of the incidence angle for ground pixels
-        fresnel = 0.02 + 0.98 * (1.0 - np.clip(dz, 0.0, 1.0)) ** 5
-        weight = np.where(self._ground_px, fresnel * 0.75 * look.wet, 0.0)
-        band = self._row_band(weight, 3.0 / 255.0)
+        fresnel = 0.02 + 0.98 * (1.0 - np.clip(dz, 0.0, 1.0)) ** 4
+        # Faded in from Fresnel 0.15 (about 5 m ahead) so the band is short and has no visible edge.
+        weight = np.where(self._ground_px, np.clip((fresnel - 0.15) / 0.85, 0.0, 1.0) * 0.9 * look.wet, 0.0)
+        band = self._row_band(weight, 0.5 / 255.0)
         if band is None:
             return None
         r0, r1 = band
@@ -587,7 +791,7 @@ class CameraRenderer:
 
     def _sun_sprite(self, look: _Look) -> np.ndarray | None:
         """Additive glow sprite (S, S, 3) uint8 for the sun, or None when it is down or hidden by clouds."""
-        strength = (1.0 - look.cloud) ** 1.5 * float(_smoothstep(math.degrees(look.sun_alt_rad) / 4.0))
+        strength = (1.0 - look.cloud) ** 3 * float(_smoothstep(math.degrees(look.sun_alt_rad) / 4.0))
         if strength < 0.05:
             return None
         size = max(9, int(0.16 * self.width) | 1)
@@ -607,7 +811,7 @@ class CameraRenderer:
             return []
         rng = np.random.default_rng([self.seed, 0x5241494E])
         w, h = self.width, self.height
-        count = max(1, int(look.rain * 0.0035 * w * h))
+        count = max(1, int(look.rain * 0.0016 * w * h))
         slant = 0.12 + 0.35 * look.wind
         tint = np.array([0.92, 0.95, 1.0]) * (0.55 + 0.45 * look.rain)
         layers = []
@@ -615,10 +819,10 @@ class CameraRenderer:
             layer = np.zeros((h, w), np.uint8)
             x0 = rng.uniform(-0.3 * w, w, count)
             y0 = rng.uniform(-0.1 * h, h, count)
-            length = rng.uniform(0.03, 0.09, count) * h
-            bright = rng.uniform(35, 95, count)
+            length = rng.uniform(0.02, 0.06, count) * h
+            bright = rng.uniform(20, 70, count)
             x1, y1 = x0 + slant * length, y0 + length
-            thick = np.where(rng.uniform(size=count) < 0.15 * w / 448.0, 2, 1)
+            thick = np.where(rng.uniform(size=count) < 0.1 * w / 448.0, 2, 1)
             for a, b, c, d, v, t in zip(x0.tolist(), y0.tolist(), x1.tolist(), y1.tolist(), bright.tolist(),
                                         thick.tolist(), strict=True):
                 cv2.line(layer, (int(a * 16), int(b * 16)), (int(c * 16), int(d * 16)), int(v), int(t),
@@ -636,24 +840,28 @@ class CameraRenderer:
         rz_t = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
         return pos, self._cv_from_vehicle @ rz_t
 
-    def _world_to_fixed(self, x_m: float, y_m: float, yaw_rad: float) -> tuple[np.ndarray, np.ndarray]:
-        """The 3x4 matrix from homogeneous world points to (S*u*Z, S*v*Z, Z), S = 2**SHIFT; and the camera position."""
+    def _world_to_fixed(self, x_m: float, y_m: float, yaw_rad: float) -> tuple[np.ndarray, tuple, list]:
+        """The 3x4 matrix from homogeneous world points to (S*u*Z, S*v*Z, Z), S = 2**SHIFT, the camera
+        position, and the matrix again as rows of plain floats.
+
+        Plain float arithmetic: for 3x3 matrices that is faster than numpy calls.
+        """
         c, s = math.cos(yaw_rad), math.sin(yaw_rad)
         mx, my = self._mount_xy
-        pos = np.array([x_m + c * mx - s * my, y_m + s * mx + c * my, self._cam_z])
-        km = self._ks_cv_from_vehicle @ np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
-        t = np.empty((3, 4))
-        t[:, :3] = km
-        t[:, 3] = -(km @ pos)
-        return t, pos
+        px, py, pz = x_m + c * mx - s * my, y_m + s * mx + c * my, self._cam_z
+        rows = []
+        for a0, a1, a2 in self._ks_rows:
+            k0, k1 = a0 * c - a1 * s, a0 * s + a1 * c
+            rows.append((k0, k1, a2, -(k0 * px + k1 * py + a2 * pz)))
+        return np.array(rows), (px, py, pz), rows
 
     def project_points(self, points_xyz: np.ndarray, x_m: float, y_m: float,
                        yaw_rad: float) -> tuple[np.ndarray, np.ndarray]:
         """Project world points (N, 3) for a vehicle pose: pixel coordinates (N, 2) and depth (N,) in metres.
 
-        ``u`` grows right and ``v`` down, continuous with pixel (row i, column j) covering [j, j+1) x [i, i+1),
-        so the principal point is (W/2, H/2). Depth is along the optical axis; points with depth <= 0 are
-        behind the camera and their pixel coordinates are meaningless (nan).
+        ``u`` grows right and ``v`` down, continuous with pixel (row i, column j) covering [j, j+1) x
+        [i, i+1), so the principal point is (W/2, H/2). Depth is along the optical axis; points with
+        depth <= 0 are behind the camera and get nan pixel coordinates.
         """
         pts = np.asarray(points_xyz, np.float64).reshape(-1, 3)
         pos, rot = self.camera_pose(x_m, y_m, yaw_rad)
@@ -671,128 +879,119 @@ class CameraRenderer:
         The returned array is freshly allocated (C-contiguous); the renderer keeps no reference to it.
         """
         img = self._bg.copy()
-        t, pos = self._world_to_fixed(x_m, y_m, yaw_rad)
-        wedge = self._wedge(yaw_rad)
+        t, pos, rows = self._world_to_fixed(x_m, y_m, yaw_rad)
+        heading = yaw_rad + self._wedge_yaw
         if self._sun is not None:
-            self._draw_sun(img, t)
-        self._draw_ground(img, t, pos, wedge)
+            self._draw_sun(img, rows)
+        cells = self._grid.visible_cells(pos[0], pos[1], heading)
+        if cells is not None and self._ground.n:
+            self._draw_ground(img, t, cells)
         if self._sheen is not None:
             r0, r1, lo, hi, sheen = self._sheen
             band = img[r0:r1]
             cv2.copyTo(sheen, cv2.inRange(band, lo, hi), band)
         if self._fog is not None:
-            r0, r1, w_img, w_fog, colour = self._fog
+            r0, r1, keep, add = self._fog
             band = img[r0:r1]
-            cv2.blendLinear(band, colour, w_img, w_fog, dst=band)
+            cv2.multiply(band, keep, dst=band, scale=1.0 / 255.0)
+            cv2.add(band, add, dst=band)
         if len(self._box_centre):
-            self._draw_boxes(img, t, pos, wedge)
+            self._draw_boxes(img, t, pos, heading)
         if self._rain:
             cv2.add(img, self._rain[frame % len(self._rain)], dst=img)
         return img
 
-    def _wedge(self, yaw_rad: float) -> tuple[float, float, float, float] | None:
-        """Outward unit normals (left x, left y, right x, right y) of the horizontal view wedge in world xy."""
-        if self._wedge_half is None:
-            return None
-        centre = yaw_rad + self._wedge_yaw
-        right, left = centre + self._wedge_half, centre - self._wedge_half
-        return (math.sin(left), -math.cos(left), -math.sin(right), math.cos(right))
+    def _draw_sun(self, img: np.ndarray, rows: list) -> None:
+        """Add the sun glow sprite at the sun's pixel when it is in front of the camera.
 
-    def _draw_sun(self, img: np.ndarray, t: np.ndarray) -> None:
-        """Add the sun glow sprite at the sun's pixel, on sky pixels only, when it is in front of the camera."""
-        d = t[:, :3] @ self._look.sun_dir
-        if d[2] <= 1e-6:
+        Only rows above the highest ground pixel get it (all of the sky when the camera is not rolled).
+        """
+        sx, sy, sz = self._sun_dir
+        d0, d1, d2 = ((r0 * sx + r1 * sy + r2 * sz) for r0, r1, r2, _ in rows)
+        if d2 <= 1e-6:
             return
-        u, v = d[0] / d[2] / _SCALE + 0.5, d[1] / d[2] / _SCALE + 0.5
+        u, v = d0 / d2 / _SCALE + 0.5, d1 / d2 / _SCALE + 0.5
         sprite = self._sun
         half = sprite.shape[0] // 2
         x0, y0 = int(math.floor(u)) - half, int(math.floor(v)) - half
         x1, y1 = x0 + sprite.shape[1], y0 + sprite.shape[0]
-        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, self.width), min(y1, self.height)
+        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, self.width), min(y1, self._sky_rows)
         if cx0 >= cx1 or cy0 >= cy1:
             return
         roi = img[cy0:cy1, cx0:cx1]
-        cv2.add(roi, sprite[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0], dst=roi, mask=self._sky_mask[cy0:cy1, cx0:cx1])
+        cv2.add(roi, sprite[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0], dst=roi)
 
-    def _draw_ground(self, img: np.ndarray, t: np.ndarray, pos: np.ndarray, wedge: tuple | None) -> None:
-        """Cull, project, near-clip and fill the ground quads, one fillPoly call per paint group and kind."""
-        if self._index is None:
-            sel = self._all_quads
-            bounds = self._group_start
-        else:
-            sel = self._index.select((pos[0], pos[1]), wedge, self.far_m)
-            bounds = np.searchsorted(sel, self._group_start)
-        n = len(sel)
-        if n == 0:
-            return
-        quads = self._quads.take(sel, axis=0) if self._index is not None else self._quads
-        hom = np.ascontiguousarray(t[:, [0, 1, 3]])  # ground plane z=0: a homography
-        flat = quads.reshape(-1, 1, 2)
-        fixed = cv2.perspectiveTransform(flat, hom).reshape(n, 4, 2)
-        z = (flat.reshape(-1, 2) @ hom[2, :2] + hom[2, 2]).reshape(n, 4)
-        zmin = np.minimum(np.minimum(z[:, 0], z[:, 1]), np.minimum(z[:, 2], z[:, 3]))
-        np.clip(fixed, -_COORD_LIMIT, _COORD_LIMIT, out=fixed)
-        pts = fixed.astype(np.int32)
-        allin = zmin > _NEAR_M
-        colours = self._ground_colours
-        if allin.all():
-            b = bounds.tolist()
-            for g, colour in enumerate(colours):
+    def _draw_ground(self, img: np.ndarray, t: np.ndarray, cells: np.ndarray) -> None:
+        """Project, near-clip and fill the ground polygons of ``cells``: one fillPoly call per paint group."""
+        hom = t[:, (0, 1, 3)]  # the ground plane z=0 maps by a homography
+        pts, b, clipped, bc = self._ground.project(cells, hom, self._ground_near, self._ground_fill)
+        fill, line, shift = cv2.fillPoly, cv2.LINE_8, SHIFT
+        # Lists of 2-D arrays convert faster than 3-D arrays in cv2's bindings; a group's polygons never
+        # overlap, so its unclipped and clipped ones go in one call.
+        if bc is None:
+            for g, colour in enumerate(self._ground_colours):
                 if b[g + 1] > b[g]:
-                    cv2.fillPoly(img, pts[b[g]:b[g + 1]], colour, cv2.LINE_8, SHIFT)
+                    fill(img, list(pts[b[g]:b[g + 1]]), colour, line, shift)
             return
-        idx_in = np.flatnonzero(allin)
-        b_in = np.searchsorted(idx_in, bounds).tolist()
-        pts_in = pts[idx_in]
-        near = np.flatnonzero(~allin)
-        zn = z[near]
-        near = near[np.maximum(np.maximum(zn[:, 0], zn[:, 1]), np.maximum(zn[:, 2], zn[:, 3])) > _NEAR_M]
-        b_near = np.searchsorted(near, bounds).tolist()
-        if len(near):
-            q = quads[near]
-            homog = q @ hom[:, :2].T + hom[:, 2]
-            clipped, _ = _clip_near(homog, _NEAR_M)
-            pts_near = _to_fixed(clipped)
-        for g, colour in enumerate(colours):
-            if b_in[g + 1] > b_in[g]:
-                cv2.fillPoly(img, pts_in[b_in[g]:b_in[g + 1]], colour, cv2.LINE_8, SHIFT)
-            if b_near[g + 1] > b_near[g]:
-                cv2.fillPoly(img, pts_near[b_near[g]:b_near[g + 1]], colour, cv2.LINE_8, SHIFT)
+        for g, colour in enumerate(self._ground_colours):
+            if b[g + 1] > b[g] or bc[g + 1] > bc[g]:
+                fill(img, [*pts[b[g]:b[g + 1]], *clipped[bc[g]:bc[g + 1]]], colour, line, shift)
 
-    def _visible_boxes(self, pos: np.ndarray, wedge: tuple | None) -> np.ndarray:
-        """Indices of boxes within the far distance and the view wedge, ordered far to near."""
-        rel = self._box_centre - pos[:2]
-        px, py = rel[:, 0], rel[:, 1]
-        r = self._box_radius
-        d2 = px * px + py * py
-        ok = d2 <= (self.far_m + r) ** 2
-        if wedge is not None:
-            ok &= (px * wedge[0] + py * wedge[1] <= r) & (px * wedge[2] + py * wedge[3] <= r)
-        vis = np.flatnonzero(ok)
-        return vis[np.argsort(-d2[vis], kind="stable")]
+    def _visible_boxes(self, pos: tuple[float, ...], heading: float) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of boxes in the view wedge and within their reach, ordered far to near, and their depths.
 
-    def _draw_boxes(self, img: np.ndarray, t: np.ndarray, pos: np.ndarray, wedge: tuple | None) -> None:
-        """Fill the camera-facing faces of visible boxes far to near, each shaded and fogged by distance."""
-        vis = self._visible_boxes(pos, wedge)
+        A box's reach is the far distance, capped where its narrowest side would be under ~0.35 px wide (LOD).
+        With a view wedge, all tests are linear in the box centre, so they are one product with ``_box_aug``.
+        """
+        px, py = pos[0], pos[1]
+        fx, fy = math.cos(heading), math.sin(heading)
+        if self._wedge_half is None:
+            rel = self._box_centre - (px, py)
+            d2 = np.einsum("ij,ij->i", rel, rel)
+            vis = np.flatnonzero(d2 <= self._box_reach**2)
+            order = np.argsort(-d2[vis], kind="stable")
+            return vis[order], np.sqrt(d2[vis][order])
+        left, right = heading - self._wedge_half, heading + self._wedge_half
+        lx, ly, rx, ry = math.sin(left), -math.cos(left), -math.sin(right), math.cos(right)
+        w = np.array([[lx, rx, fx, fx], [ly, ry, fy, fy], [-lx * px - ly * py, -rx * px - ry * py,
+                      -fx * px - fy * py, -fx * px - fy * py], [-1.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
+        q = self._box_aug @ w  # left and right wedge distance - radius, depth - reach, depth
+        vis = np.flatnonzero(q[:, :3].max(axis=1) <= 0.0)
+        depth = q[vis, 3]
+        order = np.argsort(-depth, kind="stable")
+        return vis[order], depth[order]
+
+    def _draw_boxes(self, img: np.ndarray, t: np.ndarray, pos: tuple[float, ...], heading: float) -> None:
+        """Fill the camera-facing faces of visible boxes far to near, shaded and fogged by the box's depth."""
+        vis, depth = self._visible_boxes(pos, heading)
         if len(vis) == 0:
             return
-        k = len(vis)
-        facing = np.empty((k, 5), bool)
-        facing[:, :4] = self._box_normal[vis] @ pos[:2] > self._box_plane[vis] + 1e-6
-        facing[:, 4] = self._box_height[vis] < pos[2] - 1e-6
-        corners = (self._box_corners[vis].reshape(-1, 4) @ t.T).reshape(k, 8, 3)
-        faces = corners[:, _FACE_CORNERS][facing]  # (nf, 4, 3), far boxes first
-        if len(faces) == 0:
+        fids = (vis[:, None] * 5 + _FIVE).ravel()
+        facing = self._face_plane.take(fids, axis=0) @ np.array([pos[0], pos[1], pos[2], 1.0]) > 1e-6
+        fids = fids[facing]
+        nf = len(fids)
+        if nf == 0:
             return
-        clipped, keep = _clip_near(faces, _NEAR_M)
-        if len(clipped) == 0:
-            return
-        pts = _to_fixed(clipped)
-        centres = self._face_centre[vis][facing][keep] - pos
-        dist = np.sqrt(np.einsum("ij,ij->i", centres, centres))
-        fog = self._look.fog_weight(dist, self.far_m)[:, None]
-        rgb = self._face_rgb[vis][facing][keep]
-        colours = (rgb + (self._fog_rgb - rgb) * fog).tolist()
-        fill = cv2.fillConvexPoly
+        # One C call projects all corners: rows S*u*Z, S*v*Z, 1, Z give (S*u, S*v, 1/Z) after the division.
+        rows = t.tolist()
+        m44 = np.array([rows[0], rows[1], [0.0, 0.0, 0.0, 1.0], rows[2]])
+        corners = self._face_corners.take(fids, axis=0)
+        proj = cv2.perspectiveTransform(corners.reshape(-1, 1, 3), m44).reshape(nf, 4, 3)
+        inv_z, uv = proj[..., 2], proj[..., :2]
+        all_front = inv_z.min() > 0.0 and inv_z.max() < 1.0 / _BOX_NEAR_M
+        if not (all_front and self._box_coords_bounded):
+            np.clip(uv, -_COORD_LIMIT, _COORD_LIMIT, out=uv)
+        pts = uv.astype(np.int32)
+        if not all_front:
+            # Faces reaching beside or behind the camera: clip those few in place, keeping the order.
+            bad = (inv_z <= 0.0) | (inv_z >= 1.0 / _BOX_NEAR_M)
+            pts = list(pts)
+            for i in np.flatnonzero(bad.any(axis=1)).tolist():
+                pts[i] = _clip_face(corners[i].tolist(), rows, _BOX_NEAR_M)
+        # Depth is of the box centre: negative for a box reaching past the camera, hence the floor at 0; the
+        # table has bins up to the largest reach, so no upper clip is needed.
+        fog_bin = (np.maximum(depth, 0.0) * self._colour_bins_per_m).astype(np.intp)
+        colours = self._colour_lut[fids, np.repeat(fog_bin, 5)[facing]].tolist()
+        fill, line, shift = cv2.fillConvexPoly, cv2.LINE_8, SHIFT
         for p, colour in zip(pts, colours, strict=True):
-            fill(img, p, colour, cv2.LINE_8, SHIFT)
+            fill(img, p, colour, line, shift)
