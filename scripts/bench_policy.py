@@ -1,0 +1,95 @@
+"""``caril bench policy``: latency of the CARIL agent's ``act()``, split into preprocessing, network and correction.
+
+    caril bench policy --json runs/bench/policy.json
+
+For the default (small CNN) and the ``paper`` (ResNet-50, 160x160) networks, randomly initialised (latency
+does not depend on the weights; no pretrained file is needed), on frames of the paper's 448x448 camera from
+the embedded simulator. Reports p50 and p99 of ``act()`` and the p50 of each part; the correction must cost
+under 1% of the network. On a GPU the same runs there (fp32, channels-last).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.bins import SteeringBins
+from agent.caril_agent import CarilAgent, CarilAgentConfig
+from agent.checkpoint import save_checkpoint
+from agent.network import DualHeadNet, NetworkConfig
+from agent.preprocess import PreprocessConfig
+from scripts.args import arg
+from sim.embedded import EmbeddedSimulator
+from sim.errors import UsageError
+from sim.types import Control
+
+DESCRIPTION = "Latency of the CARIL agent's act() (preprocess, network, correction) for the default and paper nets."
+NETWORKS = {"default": {}, "paper": {"preset": "paper"}}
+
+
+@dataclass
+class Args:
+    json: str | None = arg(None, help="also write the JSON to this path")
+    steps: int = arg(300, help="timed act() calls per network")
+    warmup: int = arg(20, help="untimed calls first")
+    correction: str = arg("caril", help="correction strategy timed")
+    device: str = arg("auto", help="auto (GPU when present), cpu or cuda")
+    threads: int = arg(0, help="torch CPU threads (0: torch's default)")
+
+    def __post_init__(self) -> None:
+        if self.steps < 10:
+            raise UsageError("--steps must be at least 10 for a p99")
+
+
+def _frames(n: int) -> list:
+    sim = EmbeddedSimulator()
+    obs = [sim.reset("two-turn", "ClearNoon", 0)]
+    for i in range(n - 1):
+        obs.append(sim.step(Control(steer=0.0, throttle=0.5 if i < 100 else 0.2)))
+    return obs
+
+
+def _checkpoint(name: str, folder: Path) -> Path:
+    torch.manual_seed(0)
+    cfg = NetworkConfig.preset("paper", pretrained=False) if name == "paper" else NetworkConfig()
+    return save_checkpoint(folder / name, DualHeadNet(cfg).eval(), cfg, PreprocessConfig(), SteeringBins())
+
+
+def _time_agent(path: Path, frames: list, args: Args, device: str) -> dict:
+    # random weights may put the regression beyond the agent's sanity bound; time the full path regardless
+    agent = CarilAgent(path, CarilAgentConfig(correction=args.correction, device=device, max_abs_regression=1e9))
+    agent.reset()
+    for obs in frames[:args.warmup]:
+        agent.act(obs)
+    act, parts = [], []
+    for obs in frames[args.warmup:]:  # act() ends with a .cpu() copy, so GPU work is complete when it returns
+        start = time.perf_counter()
+        _, rec = agent.act(obs)
+        act.append((time.perf_counter() - start) * 1e3)
+        parts.append((rec["preprocess_ms"], rec["network_ms"], rec["correction_ms"]))
+    parts_arr = np.array(parts)
+    p50 = np.percentile(parts_arr, 50, axis=0)
+    return {"device": str(agent.device), "act_p50_ms": round(float(np.percentile(act, 50)), 4),
+            "act_p99_ms": round(float(np.percentile(act, 99)), 4), "preprocess_p50_ms": round(float(p50[0]), 4),
+            "network_p50_ms": round(float(p50[1]), 4), "correction_p50_ms": round(float(p50[2]), 4),
+            "correction_share_of_network": round(float(p50[2] / p50[1]), 5), "calls": len(act)}
+
+
+def bench(args: Args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    frames = _frames(args.warmup + args.steps)
+    out = {"correction": args.correction, "camera": "448x448 embedded", "torch_threads": torch.get_num_threads(),
+           "weights": "random init (latency does not depend on them)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in NETWORKS:
+            path = _checkpoint(name, Path(tmp))
+            out[name] = _time_agent(path, frames, args, "cpu" if args.device == "auto" else args.device)
+            if args.device == "auto" and torch.cuda.is_available():
+                out[f"{name}_gpu"] = _time_agent(path, frames, args, "cuda")
+    return out
