@@ -29,6 +29,7 @@ from sim.routes import parse_routes
 from sim.types import CameraConfig, parse_resolution
 from sim.weather import parse_weathers
 from training.evaluation import Campaign, PolicyFactory, SimFactory, plan_episodes
+from training.report import write_report
 
 DESCRIPTION = "Run a closed-loop evaluation campaign and write results.csv and trajectories."
 
@@ -121,4 +122,7 @@ def run(args: Args) -> int:
               f"completion={row['route_completion']:.3f} lat_mean={row['lateral_offset_mean_m']:.3f} m "
               f"lat_max={row['lateral_offset_max_m']:.3f} m frechet={row['frechet_m']:.2f} m "
               f"collisions={row['collisions']}")
+    reference = "regression" if "regression" in args.correction_names else (args.correction_names[0] or args.policy)
+    write_report(out, reference_correction=reference, seed=args.seed)
+    print(f"report -> {out / 'report.md'} (summary.json, plots/)")
     return 0

@@ -215,15 +215,13 @@ class Campaign:
         with self.make_reference_sim() as sim:
             for key, spec in wanted.items():
                 path = self.out_dir / "references" / f"{key}.csv"
-                if path.exists():
-                    table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-                else:
+                if not path.exists():
                     route = getattr(sim, "resolve_route", get_route)(spec.route)
                     _, traj = run_episode(sim, ExpertPolicy(), route, get_weather(spec.weather), spec.seed,
                                           self.limits)
-                    table = traj.table()
-                    write_trajectory(path, table)
-                out[key] = table[:, 1:3]
+                    write_trajectory(path, traj.table())
+                # always the file's (6-decimal) values, so a resumed campaign compares with the same reference
+                out[key] = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)[:, 1:3]
         return out
 
     def _execute(self, todo: list[EpisodeSpec], references: dict[str, np.ndarray], workers: int):
