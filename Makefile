@@ -40,7 +40,7 @@ tools:
 	  echo "docker-compose is missing: install it (apt-get install docker-compose) for the docker checks"
 
 bench: $(VENV)/.installed-dev
-	$(VENV)/bin/caril bench sim --json runs/bench/sim.json
+	for b in sim collect train policy serve; do $(VENV)/bin/caril bench $$b --json runs/bench/$$b.json || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -319,9 +319,10 @@ class CarlaSimulator(Simulator):
             self._world = self._load_town(self._client.get_world())
             self.leftovers_removed = self._remove_leftovers()
             self._enter_synchronous_mode()
-            self._tm = self._client.get_trafficmanager(cfg.tm_port)
-            self._tm.set_synchronous_mode(True)
-            self._tm_sync_on = True
+            if cfg.autopilot:  # only the autopilot needs a Traffic Manager; an idle one can stall ticks (P20)
+                self._tm = self._client.get_trafficmanager(cfg.tm_port)
+                self._tm.set_synchronous_mode(True)
+                self._tm_sync_on = True
             self._on_tick_id = self._world.on_tick(self._snapshots.put)
         except RuntimeError as e:
             if "bind error" in str(e):
@@ -459,7 +460,8 @@ class CarlaSimulator(Simulator):
         try:
             planned, start, heights = self._resolve(route)
             self._world.set_weather(to_weather_parameters(self._carla, weather))
-            self._tm.set_random_device_seed(int(seed))
+            if self._tm is not None:
+                self._tm.set_random_device_seed(int(seed))
             if self._vehicle is None:
                 self._spawn_ego(start)
             elif self.config.autopilot:

@@ -130,7 +130,7 @@ def test_unknown_setting_is_rejected():
 # -- connecting -------------------------------------------------------------------------------------------
 def test_connect_turns_on_synchronous_mode_and_close_restores_everything():
     server = StandinServer()
-    sim = connect(server, dt_s=0.04, max_substeps=5)
+    sim = connect(server, dt_s=0.04, max_substeps=5, autopilot=True)
     s = server.settings
     assert (s.synchronous_mode, s.fixed_delta_seconds, s.substepping, s.max_substeps) == (True, 0.04, True, 5)
     assert server.tm_sync == {8000: True}
@@ -172,8 +172,19 @@ def test_traffic_manager_port_in_use_says_which_flag_to_change():
     server = StandinServer()
     server.ports_held_elsewhere = {8000}
     with pytest.raises(CarlaConnectionError, match=r"could not open port 8000 .* pass another --tm-port"):
-        connect(server)
+        connect(server, autopilot=True)
     assert restored(server)
+
+
+def test_without_autopilot_no_traffic_manager_is_created():
+    """An idle synchronous Traffic Manager can deadlock world.tick() in 0.9.16 (a lost wake-up in
+    TrafficManagerLocal::SynchronousTick), so only the autopilot gets one."""
+    server = StandinServer()
+    server.ports_held_elsewhere = {8000}
+    with connect(server) as sim:
+        sim.reset("0:2", seed=5)
+        sim.step(Control(throttle=0.5))
+    assert server.traffic_managers == {} and server.tm_sync == {}
 
 
 def test_leftovers_of_a_dead_client_are_removed_and_the_frozen_server_taken_over():
@@ -300,7 +311,7 @@ def test_server_dying_mid_episode_fails_it_and_close_does_not_hang():
         sim.reset("0:2")
     sim.close()  # one attempt at restoring, then nothing more is sent to the dead server
     after = server.events[server.events.index(["killed"]) + 1:]
-    assert [e[0] for e in after] == ["stop", "stop", "stop", "tm_sync"]
+    assert [e[0] for e in after] == ["stop", "stop", "stop"]  # no Traffic Manager without the autopilot
 
 
 def test_reconnect_after_a_crash_cleans_up_and_goes_on():
@@ -344,7 +355,7 @@ def test_reconnect_with_backoff_doubles_the_delay_and_gives_up():
 
 def test_weather_and_seed_reach_the_server():
     server = StandinServer()
-    with connect(server) as sim:
+    with connect(server, autopilot=True) as sim:
         sim.reset("0:2", "WetNoon", seed=77)
         assert server.weather.wetness == pytest.approx(50.0)
         assert server.weather.precipitation_deposits == pytest.approx(50.0)
@@ -492,7 +503,7 @@ def test_teardown_on_sigterm_in_a_subprocess(tmp_path):
         from sim.types import CameraConfig, Control
         server = StandinServer(persist_path={str(state)!r})
         sim = CarlaSimulator(camera=CameraConfig(width=16, height=16), carla_module=server.module(), town=None,
-                             warmup_s=0.1)
+                             warmup_s=0.1, autopilot=True)
         sim.reset("0:2")
         for k in range(1000):
             sim.step(Control(throttle=0.4))
