@@ -27,10 +27,11 @@ def make_policy(name: str, checkpoint: str | None = None, correction: str = "car
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder: ``path`` itself if it holds ``config.json``, else ``path/best`` or ``path/last``."""
+    """A checkpoint folder: ``path`` itself if it holds a checkpoint (``config.json`` and
+    ``model.safetensors``), else ``path/best`` or ``path/last`` (a ``caril train`` run folder)."""
     p = Path(path)
     for candidate in (p, p / "best", p / "last"):
-        if (candidate / "config.json").is_file():
+        if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return candidate
     raise CarilError(f"no checkpoint in {p}: expected config.json there or in {p}/best or {p}/last "
                      "(train one with caril train, or use the shipped policy in policies/)")

@@ -1,0 +1,209 @@
+"""The training dataset: split by episode, flip and jitter augmentation, the agent's preprocessing, sampling,
+and one clear error for empty, corrupt and mixed-size datasets."""
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from agent.bins import SteeringBins
+from agent.preprocess import PreprocessConfig, preprocess_frame, to_tensor_normalised
+from sim.types import CameraConfig
+from training.collect import CollectConfig, CollectJob
+from training.data_options import LabelOptions, label_dataset
+from training.dataset import (
+    NO_AUGMENT,
+    AugmentConfig,
+    DrivingDataset,
+    ShardSampler,
+    TrainSampler,
+    make_loader,
+    open_dataset,
+    split_by_episode,
+)
+from training.episode_file import IMAGE_KEY, DatasetError, DatasetIndex, entry_from_file, read_manifest, write_manifest
+from training.noise import NoiseConfig
+
+PRE = PreprocessConfig(height=32, width=32)
+BINS = SteeringBins()
+
+
+def record(root, episodes=3, width=64, height=64, frames=60, seed=1):
+    """A tiny dataset: curvy routes with strong steering noise, so several steering classes occur."""
+    noise = NoiseConfig(active_fraction=0.5, amplitude=0.3, min_duration_s=0.3, max_duration_s=0.8)
+    config = CollectConfig(routes=("curves", "s-curve", "two-turn"), episodes=episodes, seed=seed,
+                           camera=CameraConfig(width=width, height=height), max_frames=frames, noise=noise)
+    job = CollectJob(config, root)
+    job.run(job.prepare())
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    return record(tmp_path_factory.mktemp("dataset") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def index(data_root):
+    return open_dataset(data_root, PRE)
+
+
+@pytest.fixture(scope="session")
+def frames(index):
+    return label_dataset(index, LabelOptions())
+
+
+def test_split_never_puts_one_episode_on_both_sides_and_is_deterministic(index, frames):
+    episode_of = index.episode_ids()
+    seen = set()
+    for seed in range(8):
+        split = split_by_episode(index, frames, 0.2, seed)
+        train_eps, val_eps = set(episode_of[split.train.indices]), set(episode_of[split.val.indices])
+        assert train_eps and val_eps and not train_eps & val_eps
+        assert len(val_eps) == 1  # max(1, round(0.2 * 3))
+        assert sorted(np.concatenate([split.train.indices, split.val.indices]).tolist()) == frames.indices.tolist()
+        files = [index.entries[e]["file"] for e in sorted(val_eps)]
+        assert list(split.val_episodes) == files and not set(split.train_episodes) & set(files)
+        again = split_by_episode(index, frames, 0.2, seed)
+        assert np.array_equal(again.val.indices, split.val.indices) and again.val_episodes == split.val_episodes
+        seen.add(split.val_episodes)
+    assert len(seen) > 1  # the seed chooses the episodes
+
+
+def test_split_needs_two_episodes(tmp_path, frames):
+    root = record(tmp_path / "one", episodes=1, frames=10)
+    one = open_dataset(root, PRE)
+    with pytest.raises(DatasetError, match="has 1 episode.*needs at least 2"):
+        split_by_episode(one, label_dataset(one, LabelOptions()), 0.2, 0)
+
+
+def test_samples_are_the_agents_preprocessing_of_the_recorded_frame(index, frames):
+    data = DrivingDataset(index, frames, PRE, BINS)
+    for i in (0, len(frames) // 2, len(frames) - 1):
+        sample = data[i]
+        frame = int(frames.indices[i])
+        assert sample["frame"].item() == frame
+        assert sample["image"].dtype == torch.uint8 and tuple(sample["image"].shape) == (32, 32, 3)
+        expected = preprocess_frame(index.image(frame), PRE)  # what CarilAgent.act feeds the network
+        assert torch.equal(to_tensor_normalised(sample["image"], PRE), torch.from_numpy(expected))
+        assert sample["steer"].item() == frames.steer[i] and sample["bin"].item() == frames.classes[i]
+
+
+def test_flip_mirrors_image_steering_and_class_together(index, frames):
+    plain = DrivingDataset(index, frames, PRE, BINS, NO_AUGMENT)
+    flipped = DrivingDataset(index, frames, PRE, BINS, AugmentConfig(1.0, 0.0, 0.0, 0.0))
+    assert len({int(c) for c in frames.classes}) >= 4  # the data exercises several classes
+    for i in range(len(frames)):
+        a, b = plain[i], flipped[(i, 3)]
+        assert torch.equal(b["image"], a["image"].flip(1))  # columns reversed, exactly
+        assert b["steer"].item() == -a["steer"].item()
+        assert b["bin"].item() == BINS.mirror(a["bin"].item()) == BINS.index(-a["steer"].item())
+    # a coin flip per sample: each sample is either untouched or mirrored in all three
+    half = DrivingDataset(index, frames, PRE, BINS, AugmentConfig(0.5, 0.0, 0.0, 0.0), seed=7)
+    outcomes = []
+    for i in range(len(frames)):
+        a, b = plain[i], half[(i, 0)]
+        same = torch.equal(a["image"], b["image"]) and a["steer"] == b["steer"] and a["bin"] == b["bin"]
+        mirrored = torch.equal(a["image"].flip(1), b["image"]) and a["steer"] == -b["steer"] \
+            and b["bin"].item() == BINS.mirror(a["bin"].item())
+        assert same or mirrored
+        outcomes.append(mirrored and not same)
+    assert 0.3 < np.mean(outcomes) < 0.7
+
+
+def test_jitter_is_a_function_of_seed_epoch_and_frame(index, frames):
+    aug = AugmentConfig(0.5, 0.3, 0.3, 0.3)
+    data = DrivingDataset(index, frames, PRE, BINS, aug, seed=5)
+    plain = DrivingDataset(index, frames, PRE, BINS)
+    assert torch.equal(data[(4, 1)]["image"], data[(4, 1)]["image"])
+    assert not torch.equal(data[(4, 1)]["image"], data[(4, 2)]["image"])
+    other_seed = DrivingDataset(index, frames, PRE, BINS, aug, seed=6)
+    assert not torch.equal(data[(4, 1)]["image"], other_seed[(4, 1)]["image"])
+    assert not torch.equal(data[(4, 1)]["image"], plain[4]["image"])
+    # the same batches whatever the number of worker processes
+    keys_sampler = TrainSampler(frames.classes, seed=5)
+    keys_sampler.set_epoch(2)
+    in_main = list(make_loader(data, keys_sampler, 16, workers=0))
+    in_workers = list(make_loader(data, keys_sampler, 16, workers=2, prefetch_factor=2))
+    assert len(in_main) == len(in_workers) == -(-len(frames) // 16)
+    for a, b in zip(in_main, in_workers, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in ("image", "steer", "bin", "frame"))
+
+
+def test_train_sampler_is_seeded_sharded_and_balanced(frames):
+    classes = frames.classes
+    s = TrainSampler(classes, seed=3)
+    s.set_epoch(1)
+    first = list(s)
+    assert sorted(i for i, _ in first) == list(range(len(classes))) and {e for _, e in first} == {1}
+    assert list(s) == first  # a pure function of (seed, epoch)
+    s.set_epoch(2)
+    assert list(s) != first
+    shards = [TrainSampler(classes, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for shard in shards:
+        shard.set_epoch(1)
+    a, b = ([i for i, _ in shard] for shard in shards)
+    assert len(a) == len(b) == len(shards[0]) == -(-len(classes) // 2)
+    assert set(a) | set(b) == set(range(len(classes)))
+    assert len(set(a) & set(b)) == 2 * len(a) - len(classes)  # only the padding repeats
+    balanced = TrainSampler(classes, seed=3, balanced=True)
+    drawn = np.concatenate([classes[[i for i, _ in balanced]] for balanced.epoch in range(40)])
+    counts = np.bincount(drawn, minlength=11)[np.unique(classes)]
+    assert counts.max() / counts.min() < 1.3  # while the data is dominated by "straight"
+    assert np.bincount(classes).max() / np.bincount(classes)[np.unique(classes)].min() > 5
+    assert list(ShardSampler(7, 1, 3)) == [1, 4]
+
+
+def test_empty_dataset_is_one_clear_error(tmp_path):
+    job = CollectJob(CollectConfig(episodes=1, camera=CameraConfig(width=64, height=64)), tmp_path / "empty")
+    job.prepare()  # config and an empty manifest, nothing recorded
+    with pytest.raises(DatasetError, match="has no episodes; record some with: caril collect"):
+        open_dataset(tmp_path / "empty", PRE)
+
+
+def test_corrupt_episode_is_named(tmp_path, data_root):
+    root = tmp_path / "corrupt"
+    shutil.copytree(data_root, root)
+    path = root / "episodes" / "episode_000001.h5"
+    path.write_bytes(path.read_bytes()[:5000])  # truncated
+    with pytest.raises(DatasetError, match=r"episode_000001.h5: cannot be read .*caril data check"):
+        open_dataset(root, PRE)
+
+
+def test_undecodable_frame_is_named_with_its_file_and_frame(tmp_path, data_root):
+    root = tmp_path / "badframe"
+    shutil.copytree(data_root, root)
+    with h5py.File(root / "episodes" / "episode_000002.h5", "r+") as f:
+        f[IMAGE_KEY][7] = np.zeros(len(f[IMAGE_KEY][7]), np.uint8)  # same length, not an image any more
+    index = open_dataset(root, PRE, check="none")
+    frames = label_dataset(index, LabelOptions(steer_limit=None))
+    data = DrivingDataset(index, frames, PRE, BINS)
+    position = int(np.flatnonzero(frames.indices == index.starts[2] + 7)[0])
+    with pytest.raises(DatasetError, match=r"episode_000002.h5 frame 7: .*does not decode"):
+        data[position]
+
+
+def test_mixed_camera_sizes_are_one_clear_error(tmp_path, data_root):
+    root = tmp_path / "mixed"
+    shutil.copytree(data_root, root)
+    other = record(tmp_path / "other", episodes=1, width=48, height=64, frames=10)
+    target = root / "episodes" / "episode_000003.h5"
+    shutil.copy(other / "episodes" / "episode_000000.h5", target)
+    manifest = read_manifest(root)
+    manifest["episodes"].append({**entry_from_file(target), "index": 3, "file": "episodes/episode_000003.h5"})
+    write_manifest(root, manifest)
+    assert len(DatasetIndex(root)) == 190  # a readable dataset...
+    with pytest.raises(DatasetError, match=r"mixes camera sizes \(64x64 in episode_000000.h5, episode_000001.h5, "
+                                           r"episode_000002.h5; 48x64 in episode_000003.h5\)"):
+        open_dataset(root, PRE)  # ...but not one network input
+
+
+def test_augment_config_is_validated():
+    with pytest.raises(ValueError, match=r"flip probability 1.5 must be in \[0, 1\]"):
+        AugmentConfig(flip_prob=1.5)
+    with pytest.raises(ValueError, match=r"brightness jitter 1.0 must be in \[0, 1\)"):
+        AugmentConfig(brightness=1.0)
+    assert json.loads(json.dumps(AugmentConfig().to_dict()))["flip_prob"] == 0.5
