@@ -1,35 +1,98 @@
 """The main job end to end on the embedded simulator.
 
-    caril demo --out runs/demo
+    caril demo --out runs/demo                 # the shipped policy: regression vs corrections, report, table
+    caril demo --from-scratch --out runs/demo  # record, train and then evaluate (says how long first)
 
-For now: the expert drives the paper's three routes in two weathers (evaluation campaign with results.csv
-and trajectories) and frames of a straight, a junction turn and a curve are rendered in every weather.
+The shipped policy (``policies/caril_small/``, reproduced by ``policies/caril_small/README.md``) drives the
+paper's three routes with each correction on the same seeded episodes (spawn offsets drawn from each trial's
+seed), in the training weather and in one it never saw; the expert's drive is the reference. Prints the
+comparison table and writes the report (``OUT/eval/report.md``, plots, ``results.csv``).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts import evaluate, render
-from scripts.args import arg
+from scripts import collect, evaluate, train
+from scripts.args import arg, parse
+from sim.errors import CarilError
 
-DESCRIPTION = "Run the main job end to end on the embedded simulator."
-
-VIEWS = (("straight", 60.0), ("one-turn", 150.0), ("s-curve", 75.0))
+DESCRIPTION = "Run the main job end to end on the embedded simulator and print the comparison table."
+SHIPPED = Path(__file__).resolve().parents[1] / "policies" / "caril_small"
+TABLE_METRICS = (("frechet_m", "Fréchet m"), ("lateral_offset_mean_m", "lane dev m"),
+                 ("route_completion", "completion"), ("collisions", "collisions"))
 
 
 @dataclass
 class Args:
     out: str = arg("runs/demo", help="output folder")
-    weathers: str = arg("ClearNoon,WetNoon", help="weathers of the evaluation")
+    checkpoint: str = arg(str(SHIPPED), help="policy to evaluate (default: the shipped one)")
+    corrections: str = arg("regression,caril,clamp,blend", help="corrections compared (regression first)")
+    weathers: str = arg("ClearNoon,HardRainNoon", help="weathers: the training one and an unseen one")
+    trials: int = arg(4, help="episodes per route, weather and correction")
+    spawn_noise: float = arg(0.3, help="std of the lateral spawn offset of each trial, metres")
+    workers: int = arg(2, help="parallel episode processes")
+    seed: int = arg(0, help="base seed of the trials")
+    from_scratch: bool = arg(False, help="record demonstrations and train a policy first (slow on a CPU)")
 
 
 def run(args: Args) -> int:
     out = Path(args.out)
-    evaluate.run(evaluate.Args(out=str(out / "expert"), policy="expert", routes="paper", weathers=args.weathers))
-    for route, distance in VIEWS:
-        for weather in ("ClearNoon", "CloudyNoon", "WetNoon", "HardRainNoon", "ClearSunset"):
-            render.run(render.Args(out=str(out / "frames" / f"{route}_{weather}.png"), route=route,
-                                   weather=weather, distance=distance))
+    checkpoint = Path(args.checkpoint)
+    if args.from_scratch:
+        checkpoint = from_scratch(out, args)
+    elif not (checkpoint / "model.safetensors").exists():
+        raise CarilError(f"no policy at {checkpoint}: run from the repository checkout (the shipped policy is "
+                         "policies/caril_small/), pass --checkpoint RUN, or use --from-scratch")
+    eval_dir = out / "eval"
+    evaluate.run(parse(evaluate.Args, [
+        "--out", str(eval_dir), "--policy", "caril", "--checkpoint", str(checkpoint), "--corrections",
+        args.corrections, "--routes", "paper", "--weathers", args.weathers, "--trials", str(args.trials),
+        "--spawn-noise", str(args.spawn_noise), "--workers", str(args.workers), "--seed", str(args.seed),
+        "--resume"], "caril evaluate", evaluate.DESCRIPTION))
+    print_table(json.loads((eval_dir / "summary.json").read_text()))
+    print(f"\nreport: {eval_dir / 'report.md'}  plots: {eval_dir / 'plots'}  episodes: {eval_dir / 'results.csv'}")
     return 0
+
+
+def from_scratch(out: Path, args: Args) -> Path:
+    """Record on the paper's routes with noise injection, then train the default network."""
+    print("from scratch: recording 24 episodes (~25k frames, about 1 minute on 2 cores), then training the "
+          "default network for 10 epochs (about 15 minutes on a 2-core CPU, a minute or two on a GPU), then the "
+          "evaluation (about 4 minutes).", flush=True)
+    t0 = time.perf_counter()
+    data, run_dir = out / "data", out / "train"
+    collect.run(parse(collect.Args, ["--routes", "paper", "--weathers", "ClearNoon,CloudyNoon", "--episodes", "24",
+                                     "--seed", "7", "--workers", str(args.workers), "--out", str(data),
+                                     "--resume"], "caril collect", collect.DESCRIPTION))
+    train.run(parse(train.Args, ["--data", str(data), "--out", str(run_dir), "--epochs", "10", "--max-per-bin",
+                                 "3000", "--workers", str(args.workers), "--seed", "0"]
+                    + (["--resume"] if (run_dir / "last").exists() else []), "caril train", train.DESCRIPTION))
+    print(f"recorded and trained in {time.perf_counter() - t0:.0f} s", flush=True)
+    return run_dir / "best"
+
+
+def print_table(summary: dict) -> None:
+    """The overall comparison: mean [95% CI] per correction, and the change against the reference."""
+    ref = summary["reference_correction"]
+    groups = summary["groups"]
+    for group in ("overall", *summary["routes"]):
+        print(f"\n{group}: mean [95% bootstrap CI], change vs {ref}")
+        print(f"  {'policy':12s}" + "".join(f"{title:>30s}" for _, title in TABLE_METRICS))
+        for label in summary["labels"]:
+            entry = groups[group].get(label)
+            if entry is None:
+                continue
+            cells = []
+            for key, _ in TABLE_METRICS:
+                m = entry["metrics"].get(key) or {}
+                if m.get("mean") is None:
+                    cells.append("n/a")
+                    continue
+                change = m.get("relative_change")
+                tail = f" {100 * change:+.0f}%" if change not in (None, 0.0) and label != ref else ""
+                cells.append(f"{m['mean']:.3f} [{m['low']:.3f},{m['high']:.3f}]{tail}")
+            print(f"  {label:12s}" + "".join(f"{c:>30s}" for c in cells))
