@@ -93,6 +93,7 @@ class Junction:
     half_size_m: float = JUNCTION_HALF_SIZE_M
     arms: dict[int, tuple[int, str]] = field(default_factory=dict)
     connections: list[Connection] = field(default_factory=list)
+    route_turn: str = ""  # the movement the route takes from arm 0, painted as lane arrows before the junction
 
     def arm_direction(self, side: int) -> float:
         """Heading (rad) pointing from the centre out through ``side``."""
@@ -178,7 +179,7 @@ class NetworkBuilder:
         x, y, heading = road.plan.end_pose
         h = JUNCTION_HALF_SIZE_M
         junction = Junction(len(self.network.junctions), x + h * math.cos(heading), y + h * math.sin(heading),
-                            heading)
+                            heading, route_turn=turn)
         self.network.junctions[junction.id] = junction
         road.successor = Link("junction", junction.id)
         junction.arms[0] = (road.id, "end")

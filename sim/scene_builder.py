@@ -97,6 +97,43 @@ def _junction_quads(j: Junction) -> list[tuple[np.ndarray, Material]]:
     return out
 
 
+ARROW_DISTANCES_M = (6.0, 20.0, 36.0)  # from the junction boundary back along the incoming lane
+ARROW_LENGTH_M, ARROW_SHAFT_M, ARROW_HEAD_M = 6.0, 0.35, 1.5
+
+
+def _arrow_quads(turn: str) -> np.ndarray:
+    """A lane arrow in its own frame (x forward from the arrow's tail, y right), as convex quads: a shaft and a
+    head pointing ahead, or a shaft bending to the turn's side with the head pointing there."""
+    L, w, hw = ARROW_LENGTH_M, ARROW_SHAFT_M / 2, ARROW_HEAD_M / 2
+    if turn == "straight":
+        shaft = [[0, -w], [L - 2, -w], [L - 2, w], [0, w]]
+        head = [[L - 2, -hw], [L, 0], [L, 0], [L - 2, hw]]
+        return np.array([shaft, head], np.float64)
+    side = 1.0 if turn == "right" else -1.0
+    stem = [[0, -w], [L - 1.5, -w], [L - 1.5, w], [0, w]]
+    bar = [[L - 1.5 - 2 * w, 0], [L - 1.5, 0], [L - 1.5, side * 1.2], [L - 1.5 - 2 * w, side * 1.2]]
+    head = [[L - 1.5 - hw * 1.2, side * 1.2], [L - 1.5 + hw * 0.2, side * 1.2], [L - 1.5 - w, side * 2.3],
+            [L - 1.5 - w, side * 2.3]]
+    return np.array([stem, bar, head], np.float64)
+
+
+def _route_arrows(j: Junction) -> np.ndarray:
+    """Arrows on the route's incoming lane before junction ``j``, telling a camera-only policy the movement (as
+    the turn-lane arrows of real roads do); none when the junction carries no route movement."""
+    if not j.route_turn:
+        return np.zeros((0, 4, 2))
+    a = j.arm_direction(0)
+    inward = np.array([-math.cos(a), -math.sin(a)])
+    right_in = np.array([-inward[1], inward[0]])
+    base = np.array(j.arm_point(0)) + right_in * (ROAD_HALF_WIDTH_M / 2)  # lane centre at the boundary
+    shape = _arrow_quads(j.route_turn)
+    out = []
+    for d in ARROW_DISTANCES_M:
+        tail = base - inward * (d + ARROW_LENGTH_M)
+        out.append(tail + shape[..., :1] * inward + shape[..., 1:] * right_in)
+    return np.concatenate(out)
+
+
 def _buildings(network: RoadNetwork, rng: np.random.Generator) -> list[tuple[np.ndarray, float]]:
     """Building footprints and heights along both sides of every ordinary road, kept clear of all roads."""
     candidates = []
@@ -158,6 +195,7 @@ def build_scene(network: RoadNetwork, seed: int) -> Scene:
             parts += _road_quads(road)
     for junction in network.junctions.values():
         parts += _junction_quads(junction)
+        parts.append((_route_arrows(junction), Material.MARKING_WHITE))
     parts = [(q, m) for q, m in parts if len(q)]
     ground = np.concatenate([q for q, _ in parts]).astype(np.float64)
     material = np.concatenate([np.full(len(q), m, np.uint8) for q, m in parts])
