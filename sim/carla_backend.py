@@ -61,9 +61,9 @@ from sim.carla_errors import (
 from sim.carla_routes import RoutePlanner, map_base_name, spawn_indices
 from sim.carla_sync import EventQueue, FrameQueue
 from sim.errors import CarilError, DependencyNotInstalled, UsageError
-from sim.routes import Route
+from sim.routes import Route, lane_frame_on_route
 from sim.simulator import Simulator
-from sim.types import DEFAULT_DT_S, CameraConfig, Control, LaneFrame, Observation
+from sim.types import DEFAULT_DT_S, CameraConfig, Control, Observation
 from sim.weather import Weather, get_weather
 
 __all__ = [
@@ -160,26 +160,6 @@ class CarlaConfig:
     def warmup_ticks(self) -> int:
         """Ticks run after placing the vehicle before the first observation (at least one)."""
         return max(1, math.ceil(self.warmup_s / self.dt_s - 1e-9))
-
-
-def lane_frame_on_route(route: Route, x_m: float, y_m: float, yaw_rad: float,
-                        hint: int | None) -> tuple[LaneFrame, int]:
-    """The lane frame of a vehicle at ``(x_m, y_m)`` heading ``yaw_rad`` on ``route``, computed exactly as the
-    embedded simulator does (projection on the lane centre; heading error wrapped to [-pi, pi)), and the
-    route sample index to pass as ``hint`` next time."""
-    p = route.project(x_m, y_m, hint)
-    err = (yaw_rad - p.heading_rad + math.pi) % (2 * math.pi) - math.pi
-    return LaneFrame(
-        lateral_offset_m=p.lateral_offset_m,
-        heading_error_deg=math.degrees(err),
-        route_progress=min(1.0, p.distance_along_m / route.length_m),
-        distance_along_m=p.distance_along_m,
-        distance_to_goal_m=max(0.0, route.length_m - p.distance_along_m),
-        curvature_1pm=p.curvature_1pm,
-        in_junction=bool(route.in_junction[p.index]),
-        road_id=int(route.road_id[p.index]),
-        lane_id=int(route.lane_id[p.index]),
-    ), p.index
 
 
 def _release(version: str) -> str:

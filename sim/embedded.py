@@ -15,7 +15,7 @@ import numpy as np
 
 from sim.dynamics import VehicleParams, VehicleState, step_vehicle
 from sim.errors import UsageError
-from sim.routes import Route, get_route
+from sim.routes import Route, get_route, lane_frame_on_route
 from sim.scene import Scene
 from sim.scene_builder import build_scene
 from sim.sensors import MARKINGS, VEHICLE_MASS_KG, CollisionSensor, footprint, touched_markings
@@ -142,21 +142,9 @@ class EmbeddedSimulator(Simulator):
         return tuple(CollisionEvent(self.frame, "static.building", impulse) for _ in hits[:1])
 
     def _lane_frame(self) -> LaneFrame:
-        route, st = self.route, self.state
-        p = route.project(st.x_m, st.y_m, self._hint)
-        self._hint = p.index
-        err = (st.yaw_rad - p.heading_rad + math.pi) % (2 * math.pi) - math.pi
-        return LaneFrame(
-            lateral_offset_m=p.lateral_offset_m,
-            heading_error_deg=math.degrees(err),
-            route_progress=min(1.0, p.distance_along_m / route.length_m),
-            distance_along_m=p.distance_along_m,
-            distance_to_goal_m=max(0.0, route.length_m - p.distance_along_m),
-            curvature_1pm=p.curvature_1pm,
-            in_junction=bool(route.in_junction[p.index]),
-            road_id=int(route.road_id[p.index]),
-            lane_id=int(route.lane_id[p.index]),
-        )
+        st = self.state
+        lane, self._hint = lane_frame_on_route(self.route, st.x_m, st.y_m, st.yaw_rad, self._hint)
+        return lane
 
     def _check_lane_invasions(self, lane: LaneFrame) -> tuple[LaneInvasionEvent, ...]:
         now = frozenset() if lane.in_junction else touched_markings(

@@ -16,6 +16,7 @@ import numpy as np
 
 from sim.errors import unknown_name
 from sim.roadnet import LANE_WIDTH_M, NetworkBuilder, RoadNetwork
+from sim.types import LaneFrame
 
 ROUTE_EXTENSION_M = 60.0  # road laid beyond the goal so the camera never sees the world end
 MIN_ROAD_CLEARANCE_M = 22.0  # unrelated roads keep their centre lines at least this far apart
@@ -84,6 +85,27 @@ class Route:
         """Curvatures of the samples from ``s_m`` to ``s_m + distance_m`` (1/m)."""
         i0, i1 = np.searchsorted(self.s_m, [s_m, s_m + distance_m])
         return self.curvature_1pm[i0:max(i1, i0 + 1)]
+
+
+def lane_frame_on_route(route: Route, x_m: float, y_m: float, yaw_rad: float,
+                        hint: int | None) -> tuple[LaneFrame, int]:
+    """The lane frame of a vehicle at ``(x_m, y_m)`` heading ``yaw_rad`` on ``route``, computed the same way by
+    both backends (projection on the lane centre; heading error wrapped to [-pi, pi)), and the
+    route sample index to pass as ``hint`` next time."""
+    p = route.project(x_m, y_m, hint)
+    err = (yaw_rad - p.heading_rad + math.pi) % (2 * math.pi) - math.pi
+    return LaneFrame(
+        lateral_offset_m=p.lateral_offset_m,
+        heading_error_deg=math.degrees(err),
+        route_progress=min(1.0, p.distance_along_m / route.length_m),
+        distance_along_m=p.distance_along_m,
+        distance_to_goal_m=max(0.0, route.length_m - p.distance_along_m),
+        curvature_1pm=p.curvature_1pm,
+        in_junction=bool(route.in_junction[p.index]),
+        road_id=int(route.road_id[p.index]),
+        lane_id=int(route.lane_id[p.index]),
+    ), p.index
+
 
 
 @dataclass(frozen=True)
