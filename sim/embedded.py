@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=16)
-def _scene_for(route_name: str) -> Scene:
+def scene_for(route_name: str) -> Scene:
     """Scenes are pure functions of the route's map, so they are built once per process."""
     route = get_route(route_name)
     return build_scene(route.network, route.map_seed)
@@ -80,7 +80,7 @@ class EmbeddedSimulator(Simulator):
         route = get_route(route) if isinstance(route, str) else route
         weather = get_weather(weather) if isinstance(weather, str) else weather
         self._route, self.weather, self.seed = route, weather, seed
-        scene = _scene_for(route.name) if route.network is not None else None
+        scene = scene_for(route.name) if route.network is not None else None
         self._collision = CollisionSensor(scene) if scene is not None else None
         self._prepare_renderer(scene, weather, seed)
         rng = np.random.default_rng(seed)

@@ -65,6 +65,17 @@ def box_footprint(cx: float, cy: float, yaw_rad: float, length_m: float, width_m
     return np.stack([centre + fwd - right, centre + fwd + right, centre - fwd + right, centre - fwd - right])
 
 
+def convex_overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two convex polygons (K, 2) overlap (separating axis test; touching counts as overlap)."""
+    for poly in (a, b):
+        edges = np.roll(poly, -1, axis=0) - poly
+        normals = np.stack([-edges[:, 1], edges[:, 0]], axis=1)
+        pa, pb = a @ normals.T, b @ normals.T
+        if ((pa.max(axis=0) < pb.min(axis=0)) | (pb.max(axis=0) < pa.min(axis=0))).any():
+            return False
+    return True
+
+
 def straight_test_scene(length_m: float = 200.0, lane_width_m: float = 3.5) -> Scene:
     """A straight two-lane road along +x from x=-20 with dashed centre line, edge lines and a few buildings.
 

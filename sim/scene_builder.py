@@ -14,7 +14,7 @@ import numpy as np
 
 from sim.geometry import PlanView
 from sim.roadnet import JUNCTION_HALF_SIZE_M, Junction, Road, RoadNetwork
-from sim.scene import Material, Scene, box_footprint, quad_strip
+from sim.scene import Material, Scene, box_footprint, convex_overlap, quad_strip
 
 ROAD_HALF_WIDTH_M = 3.5
 KERB_WIDTH_M = 0.3
@@ -162,7 +162,7 @@ def _clear_of_roads(network: RoadNetwork, boxes: list[tuple[np.ndarray, float]])
         near = np.abs(pts[:, None, :] - corners[None, :, :]).max(-1).min() if len(pts) else np.inf
         if near < clear or _inside_any_junction(network, corners):
             continue
-        if any(_overlap(fp, other) for other, _ in kept):
+        if any(convex_overlap(fp, other) for other, _ in kept):
             continue
         kept.append((fp, height))
     return kept
@@ -174,17 +174,6 @@ def _inside_any_junction(network: RoadNetwork, points: np.ndarray) -> bool:
         if (np.abs(points - [j.x_m, j.y_m]).max(-1) < margin).any():
             return True
     return False
-
-
-def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
-    """Separating-axis test for two convex quads."""
-    for poly in (a, b):
-        edges = np.roll(poly, -1, 0) - poly
-        normals = np.stack([-edges[:, 1], edges[:, 0]], 1)
-        pa, pb = a @ normals.T, b @ normals.T
-        if ((pa.max(0) < pb.min(0)) | (pb.max(0) < pa.min(0))).any():
-            return False
-    return True
 
 
 def build_scene(network: RoadNetwork, seed: int) -> Scene:

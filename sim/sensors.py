@@ -14,7 +14,7 @@ import numpy as np
 
 from sim.dynamics import VehicleParams
 from sim.routes import LANE_HALF_WIDTH_M
-from sim.scene import Scene
+from sim.scene import Scene, convex_overlap
 from sim.scene_builder import EDGE_LINE_INSET_M, LINE_WIDTH_M, ROAD_HALF_WIDTH_M
 
 VEHICLE_MASS_KG = 1845.0  # CARLA's Model 3, for the collision impulse
@@ -52,17 +52,7 @@ class CollisionSensor:
         centre = body.mean(axis=0)
         reach = np.linalg.norm(body - centre, axis=1).max()
         near = np.flatnonzero(np.hypot(*(self.centres - centre).T) < self.radii + reach)
-        return [int(i) for i in near if _convex_overlap(body, self.boxes[i])]
-
-
-def _convex_overlap(a: np.ndarray, b: np.ndarray) -> bool:
-    for poly in (a, b):
-        edges = np.roll(poly, -1, axis=0) - poly
-        normals = np.stack([-edges[:, 1], edges[:, 0]], axis=1)
-        pa, pb = a @ normals.T, b @ normals.T
-        if ((pa.max(axis=0) < pb.min(axis=0)) | (pb.max(axis=0) < pa.min(axis=0))).any():
-            return False
-    return True
+        return [int(i) for i in near if convex_overlap(body, self.boxes[i])]
 
 
 def touched_markings(lateral_m: float, heading_error_rad: float, params: VehicleParams) -> frozenset[int]:

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from sim.carla_server.encoding import Transform
-from sim.embedded import _scene_for
+from sim.embedded import scene_for
 from sim.errors import UsageError
 from sim.opendrive import to_opendrive
 from sim.roadnet import RoadNetwork
@@ -87,6 +87,6 @@ def load_map(name: str) -> ServedMap:
     except KeyError:
         raise UsageError(f"Map '{base}' not found: caril serve's maps are its routes: {', '.join(NAMED_ROUTES)} "
                          "or random:<seed>") from None
-    scene = _scene_for(route.name)
+    scene = scene_for(route.name)
     return ServedMap(route.name, route, to_opendrive(route.network, route.name), tuple(spawn_points(route)), scene,
                      CollisionSensor(scene))

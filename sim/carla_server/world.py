@@ -50,7 +50,8 @@ from sim.carla_server.encoding import (
 from sim.carla_server.maps import ServedMap, load_map
 from sim.dynamics import VehicleParams, VehicleState, step_vehicle
 from sim.errors import UsageError
-from sim.sensors import VEHICLE_MASS_KG, _convex_overlap, footprint
+from sim.scene import convex_overlap
+from sim.sensors import VEHICLE_MASS_KG, footprint
 from sim.types import DEFAULT_DT_S, CameraConfig, Control
 from sim.weather import WEATHERS, Weather, get_weather
 
@@ -293,7 +294,7 @@ class World:
             raise UsageError("caril serve cannot attach a vehicle to another actor; spawn it free")
         state = VehicleState(transform.x, transform.y, math.radians(transform.yaw))
         body = footprint(state.x_m, state.y_m, state.yaw_rad, self.params)
-        if self.map.collision.hits(body) or any(_convex_overlap(body, self._body(v)) for v in self._all(Vehicle)):
+        if self.map.collision.hits(body) or any(convex_overlap(body, self._body(v)) for v in self._all(Vehicle)):
             raise UsageError(SPAWN_COLLISION)
         return Vehicle(actor_id, description, 0, transform, extent=bp.vehicle_extent(self.params),
                        tags=bytes([SEMANTIC_CAR]), state=state, sticky=bp.sticky_control(description))
@@ -422,7 +423,7 @@ class World:
         bodies = {v.id: self._body(v) for v in vehicles}
         for v in vehicles:
             others: list[Actor | None] = [None] if self.map.collision.hits(bodies[v.id]) else []
-            others += [w for w in vehicles if w is not v and _convex_overlap(bodies[v.id], bodies[w.id])]
+            others += [w for w in vehicles if w is not v and convex_overlap(bodies[v.id], bodies[w.id])]
             impulse = VEHICLE_MASS_KG * max(v.state.speed_mps, 0.1)
             contacts += [(v, other, impulse) for other in others]
             if others and v.physics:  # the body does not pass through: it stays where it was, stopped

@@ -178,9 +178,9 @@ set_sync(world, False)
 
 def _facing_a_building(route_name: str) -> tuple[float, float, float]:
     """A pose 25 m from the nearest building right of the route start, facing it."""
-    from sim.embedded import _scene_for
+    from sim.embedded import scene_for
 
-    centres = _scene_for(route_name).box_footprints.mean(axis=1)
+    centres = scene_for(route_name).box_footprints.mean(axis=1)
     right = centres[(centres[:, 1] > 0) & (centres[:, 0] > 20)]
     target = right[np.argmin(right[:, 0])]
     x, y = float(target[0]) - 25.0, 1.75

@@ -23,11 +23,11 @@ def test_route_arrows_sit_on_the_incoming_lane_and_point_the_routes_way():
 
 
 def test_every_route_junction_gets_arrows_in_the_scene():
-    from sim.embedded import _scene_for
+    from sim.embedded import scene_for
 
     for name in ("straight", "two-turn"):
         route = get_route(name)
-        scene = _scene_for(name)
+        scene = scene_for(name)
         white = scene.ground_quads[scene.ground_material == Material.MARKING_WHITE].reshape(-1, 2)
         for j in route.network.junctions.values():
             for quad in _route_arrows(j):
