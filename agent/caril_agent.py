@@ -33,7 +33,7 @@ from agent.policy import Policy
 from agent.preprocess import preprocess_frame
 from sim.errors import UsageError, unknown_name
 from sim.routes import Route
-from sim.types import Control, Observation
+from sim.types import Control, Observation, RoadOption
 
 SAFE_STOP = Control(steer=0.0, throttle=0.0, brake=1.0)
 
@@ -90,15 +90,16 @@ class CarilAgent(Policy):
         self.rng = np.random.default_rng(self.seed)
 
     @torch.inference_mode()
-    def predict(self, image: np.ndarray) -> tuple[float, np.ndarray, float, float]:
-        """Network outputs for one frame: (normalised regression, calibrated class probabilities, preprocess
-        ms, network ms)."""
+    def predict(self, image: np.ndarray,
+                command: int = RoadOption.LANEFOLLOW) -> tuple[float, np.ndarray, float, float]:
+        """Network outputs for one frame and route command (a RoadOption value; only a command-branched network
+        reads it): (normalised regression, calibrated class probabilities, preprocess ms, network ms)."""
         t0 = time.perf_counter()
         x = torch.from_numpy(preprocess_frame(image, self.ckpt.preprocess))[None].to(self.device)  # (1, 3, h, w)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         t1 = time.perf_counter()
-        out = self.model(x)
+        out = self.model(x, command=torch.tensor([int(command)], device=self.device))
         steer = float(out["steer"][0])
         logits = out["logits"][0].float().cpu().numpy()  # (n_bins,)
         t2 = time.perf_counter()
@@ -106,7 +107,7 @@ class CarilAgent(Policy):
 
     def act(self, observation: Observation) -> tuple[Control, dict[str, Any]]:
         try:
-            steer_reg, probs, pre_ms, net_ms = self.predict(observation.image)
+            steer_reg, probs, pre_ms, net_ms = self.predict(observation.image, observation.command)
         except Exception as e:  # a bad frame or a failing network must not crash the 20 Hz loop
             return SAFE_STOP, self._fallback(f"{type(e).__name__}: {e}")
         if not math.isfinite(steer_reg) or abs(steer_reg) > self.cfg.max_abs_regression:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sim.errors import CarilError, UsageError, unknown_name
+from sim.types import RoadOption
 
 BACKBONES = ("small_cnn", "resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "efficientnet_b0")
 POOLS = ("avg", "max", "flatten")
@@ -68,7 +69,11 @@ class NetworkConfig:
     in pixels and must match the preprocessing output. ``trunk`` lists the shared hidden layer widths,
     ``head_hidden`` the hidden width of each head (0: no hidden layer). ``frozen_backbone_prefixes`` freezes
     backbone parameters whose torchvision name starts with one of them (frozen BatchNorm layers also keep
-    their running statistics, as Keras' non-trainable layers do).
+    their running statistics, as Keras' non-trainable layers do). ``command_branches`` gives the network one
+    regression head and one classification head per route command (:class:`~sim.types.RoadOption`), as
+    conditional imitation learning (Codevilla et al. 2018, CILRS) does: the command picks the branch, so
+    the network can take the turn the route asks for at a junction that looks the same either way. Off
+    (the paper's camera-only network), there is one pair of heads and no command input.
     """
 
     backbone: str = "small_cnn"
@@ -82,6 +87,7 @@ class NetworkConfig:
     pool: str = "avg"  # avg | max | flatten (keeps the spatial layout; feature count depends on input_size)
     regression_activation: str = "none"  # none (the reference, linear) | tanh
     frozen_backbone_prefixes: tuple[str, ...] = ()
+    command_branches: bool = False  # CIL-style: one pair of heads per route command (RoadOption), picked per sample
 
     def __post_init__(self) -> None:
         for name in ("input_size", "trunk", "frozen_backbone_prefixes"):
@@ -334,8 +340,9 @@ class DualHeadNet(nn.Module):
         n_features = self._feature_count()
         widths = (n_features, *config.trunk)
         self.trunk = nn.Sequential(*[m for a, b in pairwise(widths) for m in _hidden(a, b, config.dropout)])
-        self.regression_head = self._head(widths[-1], 1)
-        self.classification_head = self._head(widths[-1], config.n_bins)
+        n_branches = len(RoadOption) if config.command_branches else 1
+        self.regression_head = self._branches(widths[-1], 1, n_branches)
+        self.classification_head = self._branches(widths[-1], config.n_bins, n_branches)
         for m in [*self.trunk.modules(), *self.regression_head.modules(), *self.classification_head.modules()]:
             if isinstance(m, nn.Linear):  # as Keras Dense: Glorot-uniform kernel, zero bias
                 nn.init.xavier_uniform_(m.weight)
@@ -347,6 +354,22 @@ class DualHeadNet(nn.Module):
         if hidden == 0:
             return nn.Sequential(nn.Linear(n_in, n_out))
         return nn.Sequential(*_hidden(n_in, hidden, self.config.dropout), nn.Linear(hidden, n_out))
+
+    def _branches(self, n_in: int, n_out: int, n_branches: int) -> nn.Module:
+        """One head, or a ``ModuleList`` of one head per command when the network is command-branched."""
+        if n_branches == 1:
+            return self._head(n_in, n_out)
+        return nn.ModuleList(self._head(n_in, n_out) for _ in range(n_branches))
+
+    def _apply_head(self, head: nn.Module, shared: torch.Tensor, command: torch.Tensor | None) -> torch.Tensor:
+        """The head's output (B, n_out); for a branched network, each sample's command branch."""
+        if not isinstance(head, nn.ModuleList):
+            return head(shared)
+        if command is None:
+            raise ValueError("this network is command-branched: pass command=(B,) RoadOption values")
+        every = torch.stack([branch(shared) for branch in head], 1)  # (B, n_branches, n_out)
+        index = (command.to(shared.device).long() - int(min(RoadOption))).clamp(0, len(head) - 1)  # (B,)
+        return every[torch.arange(len(index), device=shared.device), index]  # (B, n_out)
 
     def _feature_count(self) -> int:
         if self.config.pool != "flatten":
@@ -384,18 +407,20 @@ class DualHeadNet(nn.Module):
         """Parameter count (all, or only those that receive gradients)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def forward(self, images: torch.Tensor, targets: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    def forward(self, images: torch.Tensor, targets: dict[str, torch.Tensor] | None = None,
+                command: torch.Tensor | None = None) -> dict[str, Any]:
         """``{"steer": (B,), "logits": (B, n_bins)}``; with ``targets`` ``{"steer": (B,), "bin": (B,) long}``
-        also ``"loss"`` (scalar tensor) and ``"loss_dict"`` (floats; reading them syncs with the device)."""
+        also ``"loss"`` (scalar tensor) and ``"loss_dict"`` (floats; reading them syncs with the device).
+        ``command`` (B,) holds RoadOption values; a command-branched network needs it, others ignore it."""
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != self.config.input_size:
             raise ValueError(f"images must be (B, 3, {self.config.input_size[0]}, {self.config.input_size[1]}) "
                              f"as the preprocessing makes them, got {tuple(images.shape)}")
         features = self.pool(self.backbone(images))  # (B, F)
         shared = self.trunk(features)  # (B, trunk[-1])
-        steer = self.regression_head(shared).squeeze(-1)  # (B,)
+        steer = self._apply_head(self.regression_head, shared, command).squeeze(-1)  # (B,)
         if self.config.regression_activation == "tanh":
             steer = torch.tanh(steer)  # (B,) in (-1, 1)
-        logits = self.classification_head(shared)  # (B, n_bins)
+        logits = self._apply_head(self.classification_head, shared, command)  # (B, n_bins)
         out: dict[str, Any] = {"steer": steer, "logits": logits}
         if targets is not None:
             loss, parts = self.compute_loss(steer, logits, targets)

@@ -137,8 +137,8 @@ def measure(args: Args, name: str, root: str, out: Path, device: torch.device, a
     channels_last = device.type == "cuda" and amp
 
     def step(batch) -> int:
-        images, targets = to_device(batch, cfg.preprocess, device, channels_last)
-        train_step(net, net, optimizer, images, targets, cfg.grad_clip, autocast)
+        images, command, targets = to_device(batch, cfg.preprocess, device, channels_last)
+        train_step(net, net, optimizer, images, command, targets, cfg.grad_clip, autocast)
         return len(images)
 
     if device.type == "cuda":

@@ -44,6 +44,8 @@ class Args:
                                       "(--no-pretrained: random init)")
     weights: str = arg("", help="backbone weights file (.pth or .safetensors) instead of torchvision's cache")
     input_size: str = arg("", help="network input WIDTHxHEIGHT (default: the preset's 160x160)")
+    commands: bool = arg(True, help="one pair of heads per route command, as CIL (--no-commands: camera only, "
+                                    "as the paper)")
     normalisation: str = arg("none", help="input normalisation (imagenet for pretrained backbones)",
                              choices=("none", "imagenet"))
     epochs: int = arg(0, help="epochs (0: the preset's: fast 20, paper 50)")
@@ -85,7 +87,7 @@ def build_config(a: Args) -> TrainConfig:
     """The :class:`TrainConfig` of the command line (validated)."""
     base = TrainConfig.preset(a.preset, data=a.data, out=a.out)
     net = base.network
-    overrides: dict[str, Any] = {"n_bins": a.n_bins}
+    overrides: dict[str, Any] = {"n_bins": a.n_bins, "command_branches": a.commands}
     if a.backbone:
         overrides["backbone"] = a.backbone
     backbone = overrides.get("backbone", net.backbone)

@@ -617,6 +617,7 @@ class CarlaSimulator(Simulator):
             collisions=tuple(collision_event(e, e.frame - self._frame0) for e in self._collisions.take_until(frame)),
             lane_invasions=tuple(lane_invasion_event(e, e.frame - self._frame0)
                                  for e in self._invasions.take_until(frame)),
+            command=route.command_at(lane.distance_along_m),
         )
 
     # -- teardown ---------------------------------------------------------------------------------------

@@ -173,6 +173,7 @@ class EmbeddedSimulator(Simulator):
             control=control,
             collisions=collisions,
             lane_invasions=invasions,
+            command=self.route.command_at(lane.distance_along_m),
         )
 
     def metadata(self) -> dict:

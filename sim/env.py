@@ -1,9 +1,11 @@
 """Gymnasium environments over the simulator contract: ``caril/Embedded-v0`` (and ``caril/Carla-v0``).
 
-Observation Space: ``Dict(image=Box(0, 255, (H, W, 3), uint8), speed=Box(0, 50, (1,), float32))`` with
-the speed in m/s. Action Space: ``Box([-1, 0, 0], [1, 1, 1], float32)`` = steer (+1 right), throttle,
-brake, as ``carla.VehicleControl``. Rewards: metres of route progress this step, minus 1 per lane
-invasion and minus 100 on a collision. Termination: goal reached, collision, off route or blocked
+Observation Space: ``Dict(image=Box(0, 255, (H, W, 3), uint8), speed=Box(0, 50, (1,), float32),
+command=Discrete(4, start=1))`` with the speed in m/s and the route's navigation command as CARLA's
+``RoadOption`` value (1 left, 2 right, 3 straight through the next junction, 4 follow the lane).
+Action Space: ``Box([-1, 0, 0], [1, 1, 1], float32)`` = steer (+1 right), throttle, brake, as
+``carla.VehicleControl``. Rewards: metres of route progress this step, minus 1 per lane invasion and minus
+100 on a collision. Termination: goal reached, collision, off route or blocked
 (:mod:`sim.episode`); truncation: the route's time limit. ``info`` carries the privileged lane frame, the
 pose, the events and, at the end, ``termination``.
 
@@ -25,7 +27,7 @@ from gymnasium import spaces
 from sim.episode import EpisodeLimits, EpisodeMonitor
 from sim.routes import get_route
 from sim.simulator import Simulator
-from sim.types import CameraConfig, Control, Observation
+from sim.types import CameraConfig, Control, Observation, RoadOption
 from sim.weather import get_weather
 
 MAX_SPEED_MPS = 50.0
@@ -50,13 +52,15 @@ class DrivingEnv(gym.Env):
         self.observation_space = spaces.Dict({
             "image": spaces.Box(0, 255, (cam.height, cam.width, 3), np.uint8),
             "speed": spaces.Box(0.0, MAX_SPEED_MPS, (1,), np.float32),
+            "command": spaces.Discrete(len(RoadOption), start=int(min(RoadOption))),  # RoadOption 1..4
         })
         self.action_space = spaces.Box(np.array([-1, 0, 0], np.float32), np.array([1, 1, 1], np.float32),
                                        dtype=np.float32)
         self._last: Observation | None = None
 
     def _obs(self, obs: Observation) -> dict[str, np.ndarray]:
-        return {"image": obs.image, "speed": np.array([min(obs.speed_mps, MAX_SPEED_MPS)], np.float32)}
+        return {"image": obs.image, "speed": np.array([min(obs.speed_mps, MAX_SPEED_MPS)], np.float32),
+                "command": int(obs.command)}
 
     def _info(self, obs: Observation) -> dict[str, Any]:
         # vars() copies of the flat dataclasses: dataclasses.asdict deep-copies and costs ~10% of a step

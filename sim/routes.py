@@ -16,8 +16,10 @@ import numpy as np
 
 from sim.errors import unknown_name
 from sim.roadnet import LANE_WIDTH_M, NetworkBuilder, RoadNetwork
-from sim.types import LaneFrame
+from sim.types import LaneFrame, RoadOption
 
+COMMAND_LOOKAHEAD_M = 20.0  # a junction's command starts this far before its entry (metres along the route)
+TURN_THRESHOLD_DEG = 30.0  # a heading change through a junction beyond this is a turn, else straight
 ROUTE_EXTENSION_M = 60.0  # road laid beyond the goal so the camera never sees the world end
 MIN_ROAD_CLEARANCE_M = 22.0  # unrelated roads keep their centre lines at least this far apart
 
@@ -48,6 +50,12 @@ class Route:
         dh = np.gradient(self.heading_rad, self.s_m)
         self.curvature_1pm = np.convolve(dh, np.ones(5) / 5, mode="same")  # smooth the finite differences
         self.length_m = float(self.s_m[-1])
+        self.command = route_commands(self.s_m, self.heading_rad, np.asarray(in_junction, bool))
+
+    def command_at(self, distance_along_m: float) -> RoadOption:
+        """The navigation command at ``distance_along_m`` metres along the route (see :class:`RoadOption`)."""
+        i = min(int(np.searchsorted(self.s_m, distance_along_m)), len(self.s_m) - 1)
+        return RoadOption(int(self.command[i]))
 
     def __repr__(self) -> str:
         return f"Route({self.name!r}, length_m={self.length_m:.1f})"
@@ -85,6 +93,21 @@ class Route:
         """Curvatures of the samples from ``s_m`` to ``s_m + distance_m`` (1/m)."""
         i0, i1 = np.searchsorted(self.s_m, [s_m, s_m + distance_m])
         return self.curvature_1pm[i0:max(i1, i0 + 1)]
+
+
+def route_commands(s_m: np.ndarray, heading_rad: np.ndarray, in_junction: np.ndarray) -> np.ndarray:
+    """Per-sample :class:`RoadOption` values (int8): each junction's movement, from its entry's heading to its
+    exit's (unwrapped radians, positive turning right), over the junction and the
+    :data:`COMMAND_LOOKAHEAD_M` before it; ``LANEFOLLOW`` elsewhere."""
+    command = np.full(len(s_m), int(RoadOption.LANEFOLLOW), np.int8)
+    edges = np.diff(np.concatenate([[0], in_junction.astype(np.int8), [0]]))
+    for start, stop in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+        turn = math.degrees(heading_rad[min(stop, len(s_m) - 1)] - heading_rad[max(start - 1, 0)])
+        option = RoadOption.STRAIGHT if abs(turn) < TURN_THRESHOLD_DEG else (
+            RoadOption.RIGHT if turn > 0 else RoadOption.LEFT)
+        first = int(np.searchsorted(s_m, s_m[start] - COMMAND_LOOKAHEAD_M))
+        command[first:stop] = int(option)
+    return command
 
 
 def lane_frame_on_route(route: Route, x_m: float, y_m: float, yaw_rad: float,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from enum import IntEnum
 
 import numpy as np
 
@@ -133,6 +134,27 @@ class LaneFrame:
     lane_id: int
 
 
+class RoadOption(IntEnum):
+    """The route's high-level command at the vehicle, with the values of CARLA's
+    ``agents.navigation.local_planner.RoadOption`` (and the leaderboard's global plan).
+
+    ``LEFT``/``RIGHT``/``STRAIGHT`` name the movement through the next junction from
+    :data:`sim.routes.COMMAND_LOOKAHEAD_M` before it until its exit; ``LANEFOLLOW`` everywhere else. It is
+    navigation, as a GPS route planner gives it, not privileged state: conditional imitation (CIL, CILRS)
+    feeds it to the policy.
+    """
+
+    LEFT = 1
+    RIGHT = 2
+    STRAIGHT = 3
+    LANEFOLLOW = 4
+
+    @property
+    def mirrored(self) -> RoadOption:
+        """The command of the left-right mirrored scene (flip augmentation): LEFT <-> RIGHT."""
+        return {RoadOption.LEFT: RoadOption.RIGHT, RoadOption.RIGHT: RoadOption.LEFT}.get(self, self)
+
+
 @dataclass(frozen=True)
 class CollisionEvent:
     """The vehicle touched something: ``other`` names it (e.g. ``static.building``, ``vehicle``)."""
@@ -169,6 +191,7 @@ class Observation:
     control: Control = field(default_factory=Control)
     collisions: tuple[CollisionEvent, ...] = ()
     lane_invasions: tuple[LaneInvasionEvent, ...] = ()
+    command: RoadOption = RoadOption.LANEFOLLOW
 
     @property
     def speed_kmh(self) -> float:

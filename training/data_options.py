@@ -7,9 +7,11 @@ recorded columns: :func:`label_frames` selects frame indices and computes the ta
 as recorded, so changing an option needs no new recording.
 
 Order: (optionally drop noisy frames) -> filter ``|steer| <= steer_limit`` -> scale by ``steer_scale``
-and clip -> balance at most ``max_per_bin`` frames per bin (a seeded random subset, so the view is
-reproducible). The reference balanced 20 raw bins before filtering; balancing the kept frames in the
-classification bins caps exactly the classes the network sees.
+and clip -> balance at most ``max_per_bin`` frames per bin and route command (a seeded random subset, so the
+view is reproducible; per command, so capping the straight-ahead bin of lane following does not also
+take away the few junction frames the command branches learn from). The reference balanced 20 raw bins
+before filtering; balancing the kept frames in the classification bins caps exactly the classes the network
+sees.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import numpy as np
 
 from agent.bins import SteeringBins
 from sim.errors import UsageError
-from training.episode_file import DatasetIndex
+from sim.types import RoadOption
+from training.episode_file import COMMAND_KEY, DatasetIndex
 
 LABEL_KEY = "action/expert"  # the clean expert command: (steer, throttle, brake)
 NOISE_KEY = "action/noise_active"
@@ -59,12 +62,19 @@ class LabeledFrames:
     """A training view: which global frames to use and their targets, aligned.
 
     ``indices`` are global frame indices of the :class:`~training.episode_file.DatasetIndex` (increasing),
-    ``steer`` the scaled steering targets (float32, [-1, 1]) and ``classes`` their bins (int64).
+    ``steer`` the scaled steering targets (float32, [-1, 1]), ``classes`` their bins (int64) and ``commands``
+    the route command of each frame (int64 :class:`~sim.types.RoadOption` values; ``LANEFOLLOW`` where the
+    recording has none).
     """
 
     indices: np.ndarray
     steer: np.ndarray
     classes: np.ndarray
+    commands: np.ndarray
+
+    def subset(self, keep: np.ndarray) -> LabeledFrames:
+        """The frames selected by a boolean mask or index array."""
+        return LabeledFrames(self.indices[keep], self.steer[keep], self.classes[keep], self.commands[keep])
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -75,9 +85,13 @@ def scale_steer(steer: np.ndarray, options: LabelOptions) -> np.ndarray:
     return np.clip(np.asarray(steer, np.float64) * options.steer_scale, -1.0, 1.0).astype(np.float32)
 
 
-def label_frames(steer: np.ndarray, options: LabelOptions, noise_active: np.ndarray | None = None) -> LabeledFrames:
-    """Select and label frames from the expert steering column (CARLA units) of a whole dataset."""
+def label_frames(steer: np.ndarray, options: LabelOptions, noise_active: np.ndarray | None = None,
+                 commands: np.ndarray | None = None) -> LabeledFrames:
+    """Select and label frames from the expert steering column (CARLA units) of a whole dataset and its
+    route commands (``None``: all ``LANEFOLLOW``)."""
     steer = np.asarray(steer, np.float64).reshape(-1)
+    if commands is None:
+        commands = np.full(len(steer), int(RoadOption.LANEFOLLOW), np.int64)
     keep = np.isfinite(steer)
     if options.drop_noisy and noise_active is not None:
         keep &= ~np.asarray(noise_active, bool).reshape(-1)
@@ -86,23 +100,26 @@ def label_frames(steer: np.ndarray, options: LabelOptions, noise_active: np.ndar
     indices = np.flatnonzero(keep)
     scaled = scale_steer(steer[indices], options)
     classes = options.bins.index(scaled).astype(np.int64)
+    labeled = LabeledFrames(indices.astype(np.int64), scaled, classes, np.asarray(commands, np.int64)[indices])
     if options.max_per_bin is not None:
         rng = np.random.default_rng(options.seed)
         chosen = []
-        for b in range(options.n_bins):
-            members = np.flatnonzero(classes == b)
-            if len(members) > options.max_per_bin:
-                members = rng.choice(members, options.max_per_bin, replace=False)
-            chosen.append(members)
+        for command in np.unique(labeled.commands):  # per command, so the rare junction commands keep theirs
+            for b in range(options.n_bins):
+                members = np.flatnonzero((classes == b) & (labeled.commands == command))
+                if len(members) > options.max_per_bin:
+                    members = rng.choice(members, options.max_per_bin, replace=False)
+                chosen.append(members)
         pick = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
-        indices, scaled, classes = indices[pick], scaled[pick], classes[pick]
-    return LabeledFrames(indices.astype(np.int64), scaled, classes)
+        labeled = labeled.subset(pick)
+    return labeled
 
 
 def label_dataset(index: DatasetIndex, options: LabelOptions | None = None) -> LabeledFrames:
     """:func:`label_frames` over a recorded dataset's clean expert steering."""
     options = options or LabelOptions()
-    return label_frames(index.column(LABEL_KEY)[:, 0], options, index.column(NOISE_KEY))
+    commands = index.column(COMMAND_KEY) if COMMAND_KEY in index.features else None
+    return label_frames(index.column(LABEL_KEY)[:, 0], options, index.column(NOISE_KEY), commands)
 
 
 def steering_histogram(steer: np.ndarray, options: LabelOptions | None = None) -> dict:

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 from agent.bins import SteeringBins
 from agent.preprocess import FrameError, PreprocessConfig, crop_and_resize
 from sim.errors import UsageError
+from sim.types import RoadOption
 from training.data_options import LabeledFrames
 from training.episode_file import IMAGE_KEY, DatasetError, DatasetIndex, check_dataset, decode_image
 
@@ -132,10 +133,6 @@ class Split:
     val_episodes: tuple[str, ...]
 
 
-def _subset(frames: LabeledFrames, keep: np.ndarray) -> LabeledFrames:
-    return LabeledFrames(frames.indices[keep], frames.steer[keep], frames.classes[keep])
-
-
 def split_by_episode(index: DatasetIndex, frames: LabeledFrames, val_fraction: float, seed: int) -> Split:
     """Hold out ``max(1, round(val_fraction * episodes))`` whole episodes for validation, chosen by ``seed``."""
     if not 0.0 < val_fraction < 1.0:
@@ -150,7 +147,7 @@ def split_by_episode(index: DatasetIndex, frames: LabeledFrames, val_fraction: f
     is_val = np.zeros(n, bool)
     is_val[order[:n_val]] = True
     frame_is_val = is_val[index.episode_ids()[frames.indices]] if len(frames) else np.zeros(0, bool)
-    train, val = _subset(frames, ~frame_is_val), _subset(frames, frame_is_val)
+    train, val = frames.subset(~frame_is_val), frames.subset(frame_is_val)
     files = [e["file"] for e in index.entries]
     split = Split(train, val, tuple(f for f, v in zip(files, is_val, strict=True) if not v),
                   tuple(f for f, v in zip(files, is_val, strict=True) if v))
@@ -169,8 +166,9 @@ class DrivingDataset(Dataset):
     """Labelled frames of a :class:`DatasetIndex` as training samples.
 
     ``dataset[key]`` with ``key = i`` or ``(i, epoch)`` returns ``{"image": (h, w, 3) uint8 tensor,
-    "steer": float32 scaled steering, "bin": int64 class, "frame": int64 global frame index}``. With
-    ``augment``, the flip and jitter are drawn from ``default_rng([seed, epoch, frame])``.
+    "steer": float32 scaled steering, "bin": int64 class, "command": int64 RoadOption value, "frame": int64
+    global frame index}``. With ``augment``, the flip and jitter are drawn from ``default_rng([seed, epoch,
+    frame])``; a flip mirrors the steering, its class and the command (left <-> right).
     """
 
     def __init__(self, index: DatasetIndex, frames: LabeledFrames, preprocess: PreprocessConfig,
@@ -205,15 +203,17 @@ class DrivingDataset(Dataset):
         image = self.load_image(frame)  # (h, w, 3) uint8
         steer = float(self.frames.steer[i])
         label = int(self.frames.classes[i])
+        command = RoadOption(int(self.frames.commands[i]))
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, int(epoch), frame])
             if rng.random() < self.augment.flip_prob:
                 image = image[:, ::-1]
-                steer, label = -steer, int(self.bins.mirror(label))
+                steer, label, command = -steer, int(self.bins.mirror(label)), command.mirrored
             if self.augment.jitter:
                 image = color_jitter(image, rng, self.augment)
         return {"image": torch.from_numpy(np.ascontiguousarray(image)),
                 "steer": torch.tensor(steer, dtype=torch.float32), "bin": torch.tensor(label, dtype=torch.int64),
+                "command": torch.tensor(int(command), dtype=torch.int64),
                 "frame": torch.tensor(frame, dtype=torch.int64)}
 
 

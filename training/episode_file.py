@@ -89,6 +89,9 @@ class Feature:
         return cls(d["dtype"], tuple(d["shape"]), tuple(d["names"]) if d.get("names") else None, d.get("unit", ""))
 
 
+COMMAND_KEY = "observation/command"
+
+
 def default_features(height: int, width: int) -> dict[str, Feature]:
     """The feature spec of recorded driving frames for a camera of ``height`` x ``width`` pixels."""
     return {
@@ -102,6 +105,7 @@ def default_features(height: int, width: int) -> dict[str, Feature]:
         "observation/heading_error_deg": Feature("float32", unit="deg, right of the lane direction"),
         "observation/route_progress": Feature("float32", unit="fraction of the route"),
         "observation/distance_along_m": Feature("float32", unit="m"),
+        COMMAND_KEY: Feature("int8", unit="CARLA RoadOption: 1 left, 2 right, 3 straight, 4 lane follow"),
         "action/expert": Feature("float32", (3,), ("steer", "throttle", "brake"), "steer +1 = full right"),
         "action/executed": Feature("float32", (3,), ("steer", "throttle", "brake"), "steer +1 = full right"),
         "action/noise_active": Feature("bool"),

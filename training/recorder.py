@@ -31,6 +31,7 @@ import numpy as np
 from sim.errors import CarilError
 from sim.types import Control, Observation
 from training.episode_file import (
+    COMMAND_KEY,
     EPISODES_DIR,
     IMAGE_KEY,
     MANIFEST,
@@ -101,6 +102,7 @@ def driving_frame(obs: Observation, expert: Control, executed: Control, noise_ac
         "observation/heading_error_deg": lane.heading_error_deg,
         "observation/route_progress": lane.route_progress,
         "observation/distance_along_m": lane.distance_along_m,
+        COMMAND_KEY: int(obs.command),
         "action/expert": (expert.steer, expert.throttle, expert.brake),
         "action/executed": (executed.steer, executed.throttle, executed.brake),
         "action/noise_active": bool(noise_active),

@@ -61,7 +61,7 @@ from training.dataset import (
     open_dataset,
     split_by_episode,
 )
-from training.episode_file import DatasetError, software_version, write_json_atomic
+from training.episode_file import COMMAND_KEY, DatasetError, software_version, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,10 @@ def build_data(cfg: TrainConfig, world: Dist) -> Data:
     if len(frames) == 0:
         raise DatasetError(f"no frame of {cfg.data} is left after the label options ({len(index)} frames, "
                            f"|steer| <= {cfg.labels.steer_limit}); relax --steer-limit or record other data")
+    if cfg.network.command_branches and COMMAND_KEY not in index.features:
+        raise DatasetError(f"dataset {cfg.data} was recorded without route commands ({COMMAND_KEY}), which the "
+                           "command-branched network needs; re-record it with this version of caril collect or "
+                           "train camera-only with --no-commands")
     split = split_by_episode(index, frames, cfg.val_fraction, cfg.seed)
     bins = cfg.labels.bins
     train_set = DrivingDataset(index, split.train, cfg.preprocess, bins, cfg.augment, cfg.seed)
@@ -306,21 +310,22 @@ def autocast_for(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractC
 
 
 def to_device(batch: dict[str, torch.Tensor], preprocess: PreprocessConfig, device: torch.device,
-              channels_last: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """A loader batch -> normalised float images (B, 3, h, w) and targets, on ``device``."""
+              channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """A loader batch -> normalised float images (B, 3, h, w), route commands (B,) and targets, on ``device``."""
     images = batch["image"].to(device, non_blocking=True)  # (B, h, w, 3) uint8
     x = to_tensor_normalised(images, preprocess)  # (B, 3, h, w) float32
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     targets = {"steer": batch["steer"].to(device, non_blocking=True), "bin": batch["bin"].to(device, non_blocking=True)}
-    return x, targets
+    return x, batch["command"].to(device, non_blocking=True), targets
 
 
 def train_step(model: nn.Module, net: DualHeadNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               targets: dict[str, torch.Tensor], grad_clip: float, autocast: Any) -> torch.Tensor:
+               command: torch.Tensor, targets: dict[str, torch.Tensor], grad_clip: float,
+               autocast: Any) -> torch.Tensor:
     """One optimizer step; returns the detached (loss, regression, classification) tensor (3,) (no sync)."""
     with autocast:
-        out = model(images)
+        out = model(images, command=command)
     loss, parts = net.compute_loss(out["steer"], out["logits"], targets)  # float32 whatever the autocast
     loss.backward()
     if grad_clip > 0:
@@ -436,8 +441,8 @@ def train_epoch(loop: Loop, epoch: int) -> dict[str, float]:
         lr = get_lr(state.step, cfg.lr, cfg.floor_lr, loop.warmup_steps, loop.total_steps)
         for group in loop.optimizer.param_groups:
             group["lr"] = lr
-        images, targets = to_device(batch, cfg.preprocess, world.device, loop.channels_last)
-        parts = train_step(loop.model, loop.net, loop.optimizer, images, targets, cfg.grad_clip, autocast)
+        images, command, targets = to_device(batch, cfg.preprocess, world.device, loop.channels_last)
+        parts = train_step(loop.model, loop.net, loop.optimizer, images, command, targets, cfg.grad_clip, autocast)
         n = len(images)
         sums += parts.double() * n
         nonfinite += (~torch.isfinite(parts[0])).long()
@@ -489,9 +494,9 @@ def predict(loop: Loop) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {"steer": [], "logits": [], "target_steer": [], "target_bin": [],
                                           "frame": []}
     for batch in batches(loop.data.val_loader):
-        images, _ = to_device(batch, loop.cfg.preprocess, loop.world.device, loop.channels_last)
+        images, command, _ = to_device(batch, loop.cfg.preprocess, loop.world.device, loop.channels_last)
         with autocast:
-            out = loop.fast(images)
+            out = loop.fast(images, command=command)
         parts["steer"].append(out["steer"].float().cpu().numpy())
         parts["logits"].append(out["logits"].float().cpu().numpy())
         parts["target_steer"].append(batch["steer"].numpy())

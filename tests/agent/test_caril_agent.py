@@ -15,7 +15,7 @@ from agent.network import DualHeadNet, NetworkConfig
 from agent.preprocess import PreprocessConfig
 from sim.embedded import EmbeddedSimulator
 from sim.errors import UnknownNameError
-from sim.types import CameraConfig, Control
+from sim.types import CameraConfig, Control, RoadOption
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,10 @@ class FixedNet(torch.nn.Module):
     def __init__(self, steer: float, logits: list[float]):
         super().__init__()
         self.steer, self.logits = steer, torch.tensor([logits])
+        self.commands = []
 
-    def forward(self, x):
+    def forward(self, x, command=None):
+        self.commands.append(None if command is None else command.tolist())
         return {"steer": torch.full((x.shape[0],), self.steer), "logits": self.logits.expand(x.shape[0], -1)}
 
 
@@ -120,3 +122,11 @@ def test_speed_eases_off_in_turns(checkpoint):
 def test_unknown_correction_lists_the_valid_ones():
     with pytest.raises(UnknownNameError, match="valid corrections: regression, classification"):
         CarilAgentConfig(correction="magic")
+
+
+def test_the_observations_route_command_reaches_the_network(checkpoint, observation):
+    loaded = with_net(checkpoint, steer=0.0, logits=[0.0] * 11)
+    agent = CarilAgent(loaded, CarilAgentConfig(correction="regression", device="cpu"))
+    agent.act(observation)
+    agent.act(dataclasses.replace(observation, command=RoadOption.RIGHT))
+    assert loaded.model.commands == [[int(RoadOption.LANEFOLLOW)], [int(RoadOption.RIGHT)]]

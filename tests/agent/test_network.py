@@ -266,3 +266,37 @@ def test_wrong_or_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(PretrainedWeightsError, match=re.escape(f"cannot read backbone weights {garbage}")):
         DualHeadNet(NetworkConfig(backbone="resnet18", pretrained=True, weights_path=str(garbage), input_size=TINY))
 
+
+
+def test_command_branches_pick_each_samples_head_by_its_route_command():
+    torch.manual_seed(0)
+    net = DualHeadNet(NetworkConfig(input_size=TINY, command_branches=True)).eval()
+    assert isinstance(net.regression_head, nn.ModuleList) and len(net.regression_head) == 4
+    images = batch(4)
+    commands = torch.tensor([1, 2, 3, 4])  # LEFT, RIGHT, STRAIGHT, LANEFOLLOW
+    with torch.no_grad():
+        out = net(images, command=commands)
+        shared = net.trunk(net.pool(net.backbone(images)))
+        for i, c in enumerate(commands.tolist()):
+            one = shared[i:i + 1]  # (1, 128); a batch of one may round differently from the batch of four
+            torch.testing.assert_close(out["steer"][i], net.regression_head[c - 1](one)[0, 0], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(out["logits"][i], net.classification_head[c - 1](one)[0], rtol=1e-5,
+                                       atol=1e-6)
+        # another command for the same image gives another branch's output
+        assert not torch.equal(net(images, command=torch.tensor([4, 4, 4, 4]))["steer"][:3], out["steer"][:3])
+    with pytest.raises(ValueError, match="command-branched: pass command"):
+        net(images)
+    plain = DualHeadNet(NetworkConfig(input_size=TINY)).eval()
+    with torch.no_grad():
+        assert torch.equal(plain(images)["steer"], plain(images, command=commands)["steer"])  # ignored
+
+
+def test_loss_reaches_only_the_commanded_branch():
+    torch.manual_seed(0)
+    net = DualHeadNet(NetworkConfig(input_size=TINY, command_branches=True))
+    out = net(batch(2), {"steer": torch.tensor([0.5, -0.5]), "bin": torch.tensor([8, 2])},
+              command=torch.tensor([2, 2]))
+    out["loss"].backward()
+    grads = [head[-1].weight.grad for head in net.regression_head]
+    assert grads[1] is not None and grads[1].abs().sum() > 0
+    assert all(g is None or g.abs().sum() == 0 for i, g in enumerate(grads) if i != 1)

@@ -36,7 +36,7 @@ from sim.embedded import EmbeddedSimulator
 from sim.episode import EpisodeMonitor
 from sim.errors import DependencyNotInstalled, UsageError
 from sim.routes import Route, get_route
-from sim.types import CameraConfig, Control
+from sim.types import CameraConfig, Control, RoadOption
 from tests.sim.carla_standin import StandinServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -385,12 +385,16 @@ def test_expert_completes_a_turn_on_the_stand_in():
         obs = sim.reset("0:1")
         expert, monitor = ExpertPolicy(), EpisodeMonitor(sim.route.length_m)
         expert.reset(sim.route)
-        offsets, reason = [], None
+        offsets, commands, reason = [], [], None
         while reason is None:
             obs = sim.step(expert.act(obs)[0])
             offsets.append(abs(obs.lane.lateral_offset_m))
+            if not commands or commands[-1] != obs.command:
+                commands.append(obs.command)
             reason = monitor.update(obs)
         assert reason == "goal"
+        # the command comes from the route CARLA's waypoints gave: a right turn through the stand-in's junction
+        assert commands == [RoadOption.LANEFOLLOW, RoadOption.RIGHT, RoadOption.LANEFOLLOW]
         assert max(offsets) < 0.5
         assert obs.lane.road_id == 2 and obs.pose.yaw_deg == pytest.approx(90.0, abs=5.0)
 

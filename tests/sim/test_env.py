@@ -5,7 +5,9 @@ from gymnasium.utils.env_checker import check_env
 
 import sim  # noqa: F401  (registers caril/Embedded-v0)
 from sim.embedded import EmbeddedSimulator
-from sim.types import CameraConfig, Control
+from sim.routes import get_route
+from sim.types import CameraConfig, Control, RoadOption
+from sim.weather import get_weather
 
 
 def make(**kwargs):
@@ -77,3 +79,23 @@ def test_reusing_a_simulator_does_not_change_what_a_seed_gives():
         steer, throttle = rng.uniform(-0.1, 0.1), rng.uniform(0.3, 1.0)
         obs.append(s.step(Control(float(steer), float(throttle), 0.0)))
     assert [o.image.tobytes() for o in obs] == [o.image.tobytes() for o in fresh]
+
+
+def test_observation_carries_the_route_command_as_the_vehicle_reaches_the_junction():
+    from agent.expert import ExpertPolicy
+
+    simulator = EmbeddedSimulator(camera=CameraConfig(width=32, height=24))
+    route = get_route("one-turn")
+    obs = simulator.reset(route, get_weather("ClearNoon"), seed=0)
+    expert = ExpertPolicy()
+    expert.reset(route)
+    seen = []
+    while obs.lane.route_progress < 0.99 and obs.frame < 2000:
+        assert obs.command == route.command_at(obs.lane.distance_along_m)
+        if not seen or seen[-1] != obs.command:
+            seen.append(obs.command)
+        obs = simulator.step(expert.act(obs)[0])
+    assert seen == [RoadOption.LANEFOLLOW, RoadOption.RIGHT, RoadOption.LANEFOLLOW]
+    env = make(route="two-turn")
+    first, _ = env.reset(seed=0)
+    assert first["command"] == int(RoadOption.LANEFOLLOW) and first["command"] in env.observation_space["command"]

@@ -6,7 +6,8 @@ import pytest
 
 from sim.errors import UnknownNameError
 from sim.roadnet import JUNCTION_HALF_SIZE_M
-from sim.routes import NAMED_ROUTES, get_route, parse_routes, road_clearance_violations
+from sim.routes import COMMAND_LOOKAHEAD_M, NAMED_ROUTES, get_route, parse_routes, road_clearance_violations
+from sim.types import RoadOption
 
 
 @pytest.mark.parametrize("name", [*NAMED_ROUTES, "random:0", "random:7"])
@@ -65,3 +66,36 @@ def test_unknown_route_lists_valid_names():
         get_route("nowhere")
     with pytest.raises(UnknownNameError, match="random:<integer seed>"):
         get_route("random:abc")
+
+
+def _command_runs(route):
+    """[(command, first metre, last metre)] of the route's per-sample commands."""
+    change = np.flatnonzero(np.diff(route.command)) + 1
+    starts, stops = [0, *change], [*change, len(route.command)]
+    return [(RoadOption(int(route.command[a])), route.s_m[a], route.s_m[b - 1])
+            for a, b in zip(starts, stops, strict=True)]
+
+
+@pytest.mark.parametrize(("name", "movements"), [
+    ("straight", [RoadOption.STRAIGHT]), ("one-turn", [RoadOption.RIGHT]),
+    ("two-turn", [RoadOption.LEFT, RoadOption.RIGHT]), ("s-curve", []),
+    ("mixed", [RoadOption.LEFT, RoadOption.RIGHT, RoadOption.STRAIGHT])])
+def test_route_command_names_each_junction_movement_from_the_lookahead_to_its_exit(name, movements):
+    route = get_route(name)
+    runs = _command_runs(route)
+    turns = [r for r in runs if r[0] != RoadOption.LANEFOLLOW]
+    assert [c for c, _, _ in runs if c != RoadOption.LANEFOLLOW] == movements
+    assert runs[0][0] == runs[-1][0] == RoadOption.LANEFOLLOW
+    entries = np.flatnonzero(np.diff(route.in_junction.astype(int)) == 1) + 1
+    exits = np.flatnonzero(np.diff(route.in_junction.astype(int)) == -1) + 1
+    for (command, first, last), entry, exit_ in zip(turns, entries, exits, strict=True):
+        assert first == pytest.approx(route.s_m[entry] - COMMAND_LOOKAHEAD_M, abs=0.5)
+        assert last == pytest.approx(route.s_m[exit_ - 1], abs=1e-9)
+        assert route.command_at(first + 0.2) == command and route.command_at(last + 1.0) == RoadOption.LANEFOLLOW
+
+
+def test_road_option_values_are_carlas_and_mirror_left_and_right():
+    # agents.navigation.local_planner.RoadOption: VOID -1, LEFT 1, RIGHT 2, STRAIGHT 3, LANEFOLLOW 4
+    assert [(o.name, int(o)) for o in RoadOption] == [("LEFT", 1), ("RIGHT", 2), ("STRAIGHT", 3), ("LANEFOLLOW", 4)]
+    assert [o.mirrored for o in RoadOption] == [RoadOption.RIGHT, RoadOption.LEFT, RoadOption.STRAIGHT,
+                                                RoadOption.LANEFOLLOW]

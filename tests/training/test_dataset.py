@@ -13,7 +13,7 @@ from agent.bins import SteeringBins
 from agent.preprocess import PreprocessConfig, preprocess_frame, to_tensor_normalised
 from sim.types import CameraConfig
 from training.collect import CollectConfig, CollectJob
-from training.data_options import LabelOptions, label_dataset
+from training.data_options import LabeledFrames, LabelOptions, label_dataset
 from training.dataset import (
     NO_AUGMENT,
     AugmentConfig,
@@ -207,3 +207,15 @@ def test_augment_config_is_validated():
     with pytest.raises(ValueError, match=r"brightness jitter 1.0 must be in \[0, 1\)"):
         AugmentConfig(brightness=1.0)
     assert json.loads(json.dumps(AugmentConfig().to_dict()))["flip_prob"] == 0.5
+
+
+
+def test_flip_mirrors_the_route_command_with_the_image(index, frames):
+    commands = np.array([1, 2, 3, 4])[np.arange(len(frames)) % 4]  # LEFT, RIGHT, STRAIGHT, LANEFOLLOW in turn
+    with_commands = LabeledFrames(frames.indices, frames.steer, frames.classes, commands)
+    plain = DrivingDataset(index, with_commands, PRE, BINS, NO_AUGMENT)
+    flipped = DrivingDataset(index, with_commands, PRE, BINS, AugmentConfig(1.0, 0.0, 0.0, 0.0))
+    mirrored = {1: 2, 2: 1, 3: 3, 4: 4}
+    for i in range(8):
+        assert plain[i]["command"].item() == commands[i]
+        assert flipped[(i, 0)]["command"].item() == mirrored[commands[i]]

@@ -42,6 +42,7 @@ def synthetic_frame(rng, i):
         "observation/heading_error_deg": float(rng.normal()),
         "observation/route_progress": i / 10,
         "observation/distance_along_m": float(i),
+        "observation/command": 4,
         "action/expert": tuple(rng.uniform(0, 1, 3).tolist()),
         "action/executed": tuple(rng.uniform(0, 1, 3).tolist()),
         "action/noise_active": bool(i % 3 == 0),
@@ -257,6 +258,17 @@ def test_balancing_caps_each_bin_reproducibly_and_noisy_frames_can_be_dropped():
     assert kept.min() == 10 and len(kept) == len(steer) - 10
     with pytest.raises(CarilError, match="max frames per bin 0 must be at least 1"):
         LabelOptions(max_per_bin=0)
+
+
+def test_balancing_caps_each_command_separately_so_junction_frames_survive():
+    steer = np.zeros(60)
+    commands = np.full(60, 4)  # LANEFOLLOW ...
+    commands[[3, 17, 40]] = 3  # ... and three frames driving straight through a junction, all in the centre bin
+    labeled = label_frames(steer, LabelOptions(max_per_bin=5, seed=1), commands=commands)
+    assert len(labeled) == 8 and labeled.classes.tolist() == [5] * 8
+    assert sorted(labeled.indices[labeled.commands == 3].tolist()) == [3, 17, 40]
+    assert np.array_equal(labeled.commands, commands[labeled.indices])
+    assert label_frames(steer, LabelOptions()).commands.tolist() == [4] * 60  # no commands recorded: lane follow
 
 
 def test_histogram_and_dataset_labels(tmp_path):

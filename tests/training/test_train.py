@@ -22,7 +22,7 @@ from training import train as train_module
 from training.collect import CollectConfig, CollectJob
 from training.data_options import LabelOptions, label_dataset
 from training.dataset import DrivingDataset, make_loader, open_dataset
-from training.episode_file import IMAGE_KEY, DatasetError
+from training.episode_file import COMMAND_KEY, IMAGE_KEY, DatasetError
 from training.noise import NoiseConfig
 from training.train import TrainCallbacks, TrainConfig, TrainingDiverged, get_lr, seed_everything, to_device, train
 
@@ -88,8 +88,8 @@ def dataset_losses(net, cfg):
     totals = np.zeros(2)
     with torch.no_grad():
         for batch in loader:
-            images, targets = to_device(batch, cfg.preprocess, torch.device("cpu"))
-            out = net(images)
+            images, command, targets = to_device(batch, cfg.preprocess, torch.device("cpu"))
+            out = net(images, command=command)
             _, parts = net.compute_loss(out["steer"], out["logits"], targets)
             totals += len(images) * np.array([parts["loss_regression"].item(), parts["loss_classification"].item()])
     return totals / len(frames)
@@ -150,12 +150,13 @@ def test_checkpoint_round_trips_to_identical_outputs(straight):
     index = open_dataset(cfg.data, cfg.preprocess)
     frames = label_dataset(index, cfg.labels)
     keep = np.isin(frames.indices, saved["frame"])
-    val = type(frames)(frames.indices[keep], frames.steer[keep], frames.classes[keep])
+    val = frames.subset(keep)
     loader = make_loader(DrivingDataset(index, val, ckpt.preprocess, ckpt.bins), range(len(val)), cfg.batch_size, 0)
     steer, logits = [], []
     with torch.no_grad():
         for batch in loader:
-            out = ckpt.model(to_device(batch, ckpt.preprocess, torch.device("cpu"))[0])
+            images, command, _ = to_device(batch, ckpt.preprocess, torch.device("cpu"))
+            out = ckpt.model(images, command=command)
             steer.append(out["steer"])
             logits.append(out["logits"])
     assert torch.equal(torch.cat(steer), torch.from_numpy(saved["steer"]))
@@ -258,3 +259,39 @@ def test_config_is_validated(data_root):
         TrainConfig.preset("huge", data="d", out="o")
     paper = TrainConfig.preset("paper", data="d", out="o")
     assert (paper.network.backbone, paper.batch_size, paper.lr, paper.patience) == ("resnet50", 32, 1e-4, 10)
+
+
+def without_commands(data_root, dest):
+    """A copy of the dataset as recorded before route commands existed: no observation/command column."""
+    shutil.copytree(data_root, dest)
+    for path in sorted((dest / "episodes").glob("*.h5")):
+        with h5py.File(path, "r+") as f:
+            del f[COMMAND_KEY]
+            features = json.loads(f.attrs["features"]) if isinstance(f.attrs["features"], str) else None
+            if features is not None:
+                features.pop(COMMAND_KEY)
+                f.attrs["features"] = json.dumps(features)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["features"].pop(COMMAND_KEY)
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+def test_command_branched_training_needs_recorded_commands_and_round_trips(data_root, tmp_path):
+    branched = NetworkConfig(input_size=(32, 32), command_branches=True)
+    old = without_commands(data_root, tmp_path / "old")
+    with pytest.raises(DatasetError, match=r"recorded without route commands \(observation/command\), which the "
+                                           r"command-branched network needs; .* or train camera-only with "
+                                           r"--no-commands"):
+        train(tiny(old, tmp_path / "refused", network=branched))
+    assert not (tmp_path / "refused" / "best").exists()
+    train(tiny(old, tmp_path / "camera_only", epochs=1))  # the paper's network does not need them
+    cfg = tiny(data_root, tmp_path / "branched", network=branched, epochs=1)
+    train(cfg)
+    ckpt = load_checkpoint(tmp_path / "branched" / "best")
+    assert ckpt.model.config.command_branches and len(ckpt.model.regression_head) == 4
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        left = ckpt.model(images, command=torch.tensor([1, 1]))["steer"]
+        follow = ckpt.model(images, command=torch.tensor([4, 4]))["steer"]
+    assert not torch.equal(left, follow)

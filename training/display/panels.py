@@ -86,6 +86,7 @@ class HudView:
     progress: float
     distance_along_m: float
     route_length_m: float
+    command: str  # the route's navigation command (RoadOption name)
     lateral_offset_m: float
     heading_error_deg: float
     control: Control
@@ -154,6 +155,7 @@ class LeftPanel(_Panel):
         y = self.row(target, x, y, "Sim time", f"{int(minutes)}:{seconds:05.2f}") + lay.px(6)
         y = self.row(target, x, y, "Speed", f"{v.speed_kmh:5.1f} km/h")
         y = self.row(target, x, y, "Route", v.route)
+        y = self.row(target, x, y, "Command", v.command, TEXT if v.command == "LANEFOLLOW" else ACCENT)
         y = self.row(target, x, y, "Progress", f"{100 * v.progress:5.1f} % {v.distance_along_m:4.0f}/"
                                                f"{v.route_length_m:.0f} m")
         y = self.row(target, x, y, "Lateral", f"{v.lateral_offset_m:+5.2f} m")

@@ -30,7 +30,7 @@ from agent.policy import Policy
 from sim.errors import CarilError, UsageError
 from sim.metrics import route_completion
 from sim.routes import Route, get_route
-from sim.types import Control, Observation
+from sim.types import Control, Observation, RoadOption
 from training.display._pygame import pygame
 from training.display.draw import APPLIED, CORRECTION, Fonts, TextCache
 from training.display.overlays import CameraView, draw_badges, draw_notice, help_panel
@@ -366,6 +366,7 @@ class DriveDisplay:
             sim_rate_hz=self.sim_rate.rate_hz, display_fps=self.display_rate.rate_hz,
             frame_cost_ms=self.frame_cost_ms, sim_time_s=obs.sim_time_s, speed_kmh=obs.speed_kmh,
             progress=lane.route_progress, distance_along_m=lane.distance_along_m, route_length_m=length,
+            command=RoadOption(obs.command).name,
             lateral_offset_m=lane.lateral_offset_m, heading_error_deg=lane.heading_error_deg,
             control=self.control, collisions=self.collisions, lane_invasions=self.lane_invasions,
             manual=self.manual, caril=self.caril, correction_name=self.correction or "",
