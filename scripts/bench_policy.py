@@ -2,10 +2,11 @@
 
     caril bench policy --json runs/bench/policy.json
 
-For the default (small CNN) and the ``paper`` (ResNet-50, 160x160) networks, randomly initialised (latency
-does not depend on the weights; no pretrained file is needed), on frames of the paper's 448x448 camera from
-the embedded simulator. Reports p50 and p99 of ``act()`` and the p50 of each part; the correction must cost
-under 1% of the network. On a GPU the same runs there (fp32, channels-last).
+For the default (small CNN) and the ``paper`` (ResNet-50, 160x160) networks with command branches (as
+``caril train`` builds them), randomly initialised (latency does not depend on the weights; no pretrained
+file is needed), on frames of the paper's 448x448 camera from the embedded simulator. Reports p50 and p99 of
+``act()`` and the p50 of each part; the correction must cost under 1% of the network. On a GPU the same
+runs there (fp32, channels-last).
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def _frames(n: int) -> list:
 
 def _checkpoint(name: str, folder: Path) -> Path:
     torch.manual_seed(0)
-    cfg = NetworkConfig.preset("paper", pretrained=False) if name == "paper" else NetworkConfig()
+    # as caril train builds them: command-branched heads (its --commands default)
+    cfg = (NetworkConfig.preset("paper", pretrained=False, command_branches=True) if name == "paper"
+           else NetworkConfig(command_branches=True))
     return save_checkpoint(folder / name, DualHeadNet(cfg).eval(), cfg, PreprocessConfig(), SteeringBins())
 
 

@@ -19,6 +19,7 @@ from sim.roadnet import LANE_WIDTH_M, NetworkBuilder, RoadNetwork
 from sim.types import LaneFrame, RoadOption
 
 COMMAND_LOOKAHEAD_M = 20.0  # a junction's command starts this far before its entry (metres along the route)
+COMMAND_HOLD_M = 10.0  # ... and holds this far past its exit, until the car has settled in the exit lane
 TURN_THRESHOLD_DEG = 30.0  # a heading change through a junction beyond this is a turn, else straight
 ROUTE_EXTENSION_M = 60.0  # road laid beyond the goal so the camera never sees the world end
 MIN_ROAD_CLEARANCE_M = 22.0  # unrelated roads keep their centre lines at least this far apart
@@ -97,8 +98,13 @@ class Route:
 
 def route_commands(s_m: np.ndarray, heading_rad: np.ndarray, in_junction: np.ndarray) -> np.ndarray:
     """Per-sample :class:`RoadOption` values (int8): each junction's movement, from its entry's heading to its
-    exit's (unwrapped radians, positive turning right), over the junction and the
-    :data:`COMMAND_LOOKAHEAD_M` before it; ``LANEFOLLOW`` elsewhere."""
+    exit's (unwrapped radians, positive turning right), over the junction, the :data:`COMMAND_LOOKAHEAD_M`
+    before it and the :data:`COMMAND_HOLD_M` after it; ``LANEFOLLOW`` elsewhere.
+
+    The hold matters: a policy that leaves a turn wide is still straddling the centre line at the exit, and
+    a lane-following command there lets it settle in whichever lane is nearer, the oncoming one included;
+    the turn's command keeps asking for the route's lane until it is reached.
+    """
     command = np.full(len(s_m), int(RoadOption.LANEFOLLOW), np.int8)
     edges = np.diff(np.concatenate([[0], in_junction.astype(np.int8), [0]]))
     for start, stop in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
@@ -106,7 +112,8 @@ def route_commands(s_m: np.ndarray, heading_rad: np.ndarray, in_junction: np.nda
         option = RoadOption.STRAIGHT if abs(turn) < TURN_THRESHOLD_DEG else (
             RoadOption.RIGHT if turn > 0 else RoadOption.LEFT)
         first = int(np.searchsorted(s_m, s_m[start] - COMMAND_LOOKAHEAD_M))
-        command[first:stop] = int(option)
+        last = int(np.searchsorted(s_m, s_m[stop - 1] + COMMAND_HOLD_M, side="right"))
+        command[first:last] = int(option)
     return command
 
 

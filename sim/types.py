@@ -139,7 +139,8 @@ class RoadOption(IntEnum):
     ``agents.navigation.local_planner.RoadOption`` (and the leaderboard's global plan).
 
     ``LEFT``/``RIGHT``/``STRAIGHT`` name the movement through the next junction from
-    :data:`sim.routes.COMMAND_LOOKAHEAD_M` before it until its exit; ``LANEFOLLOW`` everywhere else. It is
+    :data:`sim.routes.COMMAND_LOOKAHEAD_M` before it until :data:`sim.routes.COMMAND_HOLD_M` past its exit;
+    ``LANEFOLLOW`` everywhere else. It is
     navigation, as a GPS route planner gives it, not privileged state: conditional imitation (CIL, CILRS)
     feeds it to the policy.
     """

@@ -6,7 +6,14 @@ import pytest
 
 from sim.errors import UnknownNameError
 from sim.roadnet import JUNCTION_HALF_SIZE_M
-from sim.routes import COMMAND_LOOKAHEAD_M, NAMED_ROUTES, get_route, parse_routes, road_clearance_violations
+from sim.routes import (
+    COMMAND_HOLD_M,
+    COMMAND_LOOKAHEAD_M,
+    NAMED_ROUTES,
+    get_route,
+    parse_routes,
+    road_clearance_violations,
+)
 from sim.types import RoadOption
 
 
@@ -80,7 +87,7 @@ def _command_runs(route):
     ("straight", [RoadOption.STRAIGHT]), ("one-turn", [RoadOption.RIGHT]),
     ("two-turn", [RoadOption.LEFT, RoadOption.RIGHT]), ("s-curve", []),
     ("mixed", [RoadOption.LEFT, RoadOption.RIGHT, RoadOption.STRAIGHT])])
-def test_route_command_names_each_junction_movement_from_the_lookahead_to_its_exit(name, movements):
+def test_route_command_names_each_junction_movement_from_the_lookahead_to_past_its_exit(name, movements):
     route = get_route(name)
     runs = _command_runs(route)
     turns = [r for r in runs if r[0] != RoadOption.LANEFOLLOW]
@@ -90,7 +97,7 @@ def test_route_command_names_each_junction_movement_from_the_lookahead_to_its_ex
     exits = np.flatnonzero(np.diff(route.in_junction.astype(int)) == -1) + 1
     for (command, first, last), entry, exit_ in zip(turns, entries, exits, strict=True):
         assert first == pytest.approx(route.s_m[entry] - COMMAND_LOOKAHEAD_M, abs=0.5)
-        assert last == pytest.approx(route.s_m[exit_ - 1], abs=1e-9)
+        assert last == pytest.approx(route.s_m[exit_ - 1] + COMMAND_HOLD_M, abs=0.5)
         assert route.command_at(first + 0.2) == command and route.command_at(last + 1.0) == RoadOption.LANEFOLLOW
 
 
