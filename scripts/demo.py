@@ -81,7 +81,7 @@ def print_table(summary: dict) -> None:
     """The overall comparison: mean [95% CI] per correction, and the change against the reference."""
     ref = summary["reference_correction"]
     groups = summary["groups"]
-    for group in ("overall", *summary["routes"]):
+    for group in summary["groups"]:  # overall, each route, each weather
         print(f"\n{group}: mean [95% bootstrap CI], change vs {ref}")
         print(f"  {'policy':12s}" + "".join(f"{title:>30s}" for _, title in TABLE_METRICS))
         for label in summary["labels"]:

@@ -51,6 +51,7 @@ from training.stats import relative_change, summarise
 log = logging.getLogger(__name__)
 
 OVERALL = "overall"
+WEATHER_GROUP = "weather:"  # summary group keys per weather, when a campaign has several
 EXPERT = "expert"
 SUCCESS = "success_rate"
 METRICS = (*(c for c in METRIC_COLUMNS if c not in ("rule_shares", "termination")), SUCCESS)
@@ -121,13 +122,18 @@ def summarise_campaign(out_dir: Path, rows: list[dict[str, str]], reference_corr
     for route in routes:
         groups[route] = _group([r for r in rows if r["route"] == route], [e for e in expert if e["route"] == route],
                                seed, n_resamples, confidence)
+    weathers = list(dict.fromkeys(r["weather"] for r in rows))
+    for weather in weathers if len(weathers) > 1 else ():  # e.g. the training weather against an unseen one
+        groups[WEATHER_GROUP + weather] = _group([r for r in rows if r["weather"] == weather],
+                                                 [e for e in expert if e["weather"] == weather],
+                                                 seed, n_resamples, confidence)
     if reference_correction not in labels:
         log.warning("reference %r is not among the labels %s: no relative changes", reference_correction, labels)
     for entries in groups.values():
         _compare(entries, reference_correction)
     return {"reference_correction": reference_correction, "seed": seed, "n_resamples": n_resamples,
             "confidence": confidence, "metrics": list(METRICS), "labels": labels + ([EXPERT] if expert else []),
-            "routes": routes, "n_episodes": len(rows), "config": _read_config(out_dir), "groups": groups}
+            "routes": routes, "weathers": weathers, "n_episodes": len(rows), "config": _read_config(out_dir), "groups": groups}
 
 
 def with_derived(row: dict[str, str]) -> dict[str, str]:
@@ -317,11 +323,20 @@ def format_stat(stats: dict, metric: str, reference: str | None = None) -> str:
     return f"{text} ({change}{star})"
 
 
+def group_title(group: str) -> str:
+    """``Overall``, ``Route `name``` or ``Weather `name```."""
+    if group == OVERALL:
+        return "Overall"
+    if group.startswith(WEATHER_GROUP):
+        return f"Weather `{group.removeprefix(WEATHER_GROUP)}`"
+    return f"Route `{group}`"
+
+
 def render_markdown(summary: dict) -> str:
     """The report as Markdown, formatted from the summary alone."""
     parts = [_md_header(summary), _md_config(summary["config"])]
     for group, entries in summary["groups"].items():
-        title = "Overall" if group == OVERALL else f"Route `{group}`"
+        title = group_title(group)
         parts.append(f"## {title}\n\n{_md_table(entries, HEADLINE, summary)}\n\n"
                      f"<details><summary>All metrics ({group})</summary>\n\n"
                      f"{_md_all_metrics(entries, summary)}\n\n</details>")

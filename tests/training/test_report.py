@@ -272,3 +272,30 @@ def test_expert_route_completion_matches_the_simulators(tmp_path):
                                                                         abs=2e-6)
     summary = write_report(tmp_path, n_resamples=N_RESAMPLES)
     assert summary["labels"] == ["expert"]  # the expert policy's own rows; no duplicate reference entry
+
+
+def test_a_campaign_in_several_weathers_gets_a_group_per_weather(tmp_path, constructed):
+    single = write_report(constructed, seed=5, n_resamples=N_RESAMPLES)
+    assert single["weathers"] == ["ClearNoon"] and not any(g.startswith("weather:") for g in single["groups"])
+    rows = constructed_rows()
+    weather = RESULT_COLUMNS.index("weather")
+    for r in rows:
+        if r[RESULT_COLUMNS.index("trial")] in ("2", "3"):
+            r[weather] = "HardRainNoon"
+    root = tmp_path / "two_weathers"
+    root.mkdir()
+    write_table(root / "results.csv", RESULT_COLUMNS, rows)
+    summary = write_report(root, seed=5, n_resamples=N_RESAMPLES)
+    assert summary["weathers"] == ["ClearNoon", "HardRainNoon"]
+    assert list(summary["groups"]) == ["overall", "straight", "one-turn", "weather:ClearNoon", "weather:HardRainNoon"]
+    for name in summary["weathers"]:
+        subset = tmp_path / name
+        subset.mkdir()
+        write_table(subset / "results.csv", RESULT_COLUMNS, [r for r in rows if r[weather] == name])
+        expected = recomputed(subset / "results.csv", seed=5)["overall"]
+        for label, stats in expected.items():
+            for metric, (mean, low, high) in stats.items():
+                got = summary["groups"][f"weather:{name}"][label]["metrics"][metric]
+                assert (got["mean"], got["low"], got["high"]) == (mean, low, high), (name, label, metric)
+    md = (root / "report.md").read_text()
+    assert list(markdown_table(md, "Weather `HardRainNoon`")) == ["regression", "caril"]
