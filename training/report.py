@@ -133,7 +133,8 @@ def summarise_campaign(out_dir: Path, rows: list[dict[str, str]], reference_corr
         _compare(entries, reference_correction)
     return {"reference_correction": reference_correction, "seed": seed, "n_resamples": n_resamples,
             "confidence": confidence, "metrics": list(METRICS), "labels": labels + ([EXPERT] if expert else []),
-            "routes": routes, "weathers": weathers, "n_episodes": len(rows), "config": _read_config(out_dir), "groups": groups}
+            "routes": routes, "weathers": weathers, "n_episodes": len(rows), "config": _read_config(out_dir),
+            "groups": groups}
 
 
 def with_derived(row: dict[str, str]) -> dict[str, str]:
