@@ -493,6 +493,7 @@ def test_ctrl_c_during_teardown_waits_until_the_server_is_restored():
     sim = connect(server)
     sim.reset("0:2")
     server.on_apply_settings = lambda s: signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C raises KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
         sim.close()
     assert restored(server) and ours(server) == []
