@@ -121,6 +121,7 @@ class CarilAgent(Policy):
         steer = float(np.clip(rec.steer / self.ckpt.steer_scale, -1.0, 1.0))
         throttle, brake = self.speed(self.target_speed(steer), observation.speed_mps)
         record = {**rec.to_dict(), "correction": self.correction, "steer_command": steer,
+                  "steer_scale": self.ckpt.steer_scale,
                   "preprocess_ms": pre_ms, "network_ms": net_ms, "correction_ms": corr_ms, "fallback": ""}
         return Control(steer, throttle, brake), record
 

@@ -61,6 +61,7 @@ def test_act_returns_a_valid_control_and_a_full_record(checkpoint, observation):
         assert key in record
     assert len(record["class_probs"]) == 11 and math.isclose(sum(record["class_probs"]), 1.0, abs_tol=1e-6)
     assert control.steer == pytest.approx(np.clip(record["steer"] / 4.0, -1, 1))
+    assert record["steer_scale"] == 4.0  # the checkpoint's units, for displays and logs
 
 
 def test_calibrated_temperature_and_steer_scale_are_applied(checkpoint, observation):

@@ -98,6 +98,7 @@ class HudView:
     corrections: int
     caril_ticks: int
     applied_norm: float  # the applied steering in normalised units (x steer_scale)
+    steer_scale: float  # the network's steering units: CARLA steer x this
     record: dict
 
 
@@ -237,7 +238,8 @@ class RightPanel(_Panel):
         span = f"{history.span_s:.0f} s"
         y = self.subtitle(target, x, y, w, f"Confidence, {span}", (("max prob", TEXT), ("| corr.", CORRECTION)))
         y = self._plot(target, pygame.Rect(x, y, w, lay.px(100)), history, "confidence") + lay.px(8)
-        y = self.subtitle(target, x, y, w, f"Steering x4, {span}", (("regr.", REGRESSION), ("applied", APPLIED)))
+        y = self.subtitle(target, x, y, w, f"Steering x{v.steer_scale:g}, {span}",
+                          (("regr.", REGRESSION), ("applied", APPLIED)))
         y = self._plot(target, pygame.Rect(x, y, w, lay.px(100)), history, "steering") + lay.px(8)
         share = 100.0 * v.corrections / v.caril_ticks if v.caril_ticks else 0.0
         y = self.row(target, x, y, "Corrected", f"{v.corrections}/{v.caril_ticks} ({share:.0f} %)")
@@ -251,9 +253,10 @@ class RightPanel(_Panel):
         y = self.title(target, x, y, w, "POLICY OUTPUT")
         y = self.row(target, x, y, "Policy", v.policy)
         y = self.row(target, x, y, "Steer", f"{v.control.steer:+.3f}", APPLIED)
-        y = self.row(target, x, y, "Steer x4", f"{v.applied_norm:+.3f}", APPLIED)
+        y = self.row(target, x, y, f"Steer x{v.steer_scale:g}", f"{v.applied_norm:+.3f}", APPLIED)
         y = self._gauge(target, x, y + lay.px(6), w, math.nan, v.applied_norm, False) + lay.px(8)
-        y = self.subtitle(target, x, y, w, f"Steering x4, {history.span_s:.0f} s", (("applied", APPLIED),))
+        y = self.subtitle(target, x, y, w, f"Steering x{v.steer_scale:g}, {history.span_s:.0f} s",
+                          (("applied", APPLIED),))
         y = self._plot(target, pygame.Rect(x, y, w, lay.px(90)), history, "steering") + lay.px(12)
         numbers = [(k, float(val)) for k, val in v.record.items()
                    if isinstance(val, (int, float)) and not isinstance(val, bool)][:8]

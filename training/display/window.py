@@ -349,9 +349,13 @@ class DriveDisplay:
             self.recording.close()
 
     # -- drawing ----------------------------------------------------------------------------------------------
+    def _steer_scale(self) -> float:
+        """The policy's normalised steering units (CARLA steer x this): its record's, else the paper's 4."""
+        return float(self.record.get("steer_scale", DEFAULT_STEER_SCALE)) if self.record else DEFAULT_STEER_SCALE
+
     def _applied_norm(self) -> float:
         """The applied steering in normalised units: the CARIL record's, else the control's x steer_scale."""
-        scale = float(self.record.get("steer_scale", DEFAULT_STEER_SCALE)) if self.record else DEFAULT_STEER_SCALE
+        scale = self._steer_scale()
         if self.caril is not None and not self.manual and math.isfinite(self.caril.steer):
             return self.caril.steer
         return max(-1.0, min(1.0, self.control.steer * scale))
@@ -371,6 +375,7 @@ class DriveDisplay:
             control=self.control, collisions=self.collisions, lane_invasions=self.lane_invasions,
             manual=self.manual, caril=self.caril, correction_name=self.correction or "",
             corrections=self.corrections, caril_ticks=self.caril_ticks, applied_norm=self._applied_norm(),
+            steer_scale=self._steer_scale(),
             record=self.record)
 
     def render(self, surface: pygame.Surface) -> None:
