@@ -23,7 +23,7 @@ from sim.errors import CarilError
 DESCRIPTION = "Run the main job end to end on the embedded simulator and print the comparison table."
 SHIPPED = Path(__file__).resolve().parents[1] / "policies" / "caril_small"
 # the shipped policy's recipe (policies/caril_small/README.md), which --from-scratch runs
-RECIPE_COLLECT = ("--routes", "paper", "--weathers", "ClearNoon,CloudyNoon", "--episodes", "36", "--seed", "7")
+RECIPE_COLLECT = ("--routes", "paper", "--weathers", "ClearNoon,CloudyNoon", "--episodes", "72", "--seed", "7")
 RECIPE_TRAIN = ("--epochs", "8", "--max-per-bin", "2500", "--steer-limit", "0.4", "--steer-scale", "2.5", "--seed", "0")
 TABLE_METRICS = (("frechet_m", "Fréchet m"), ("lateral_offset_mean_m", "lane dev m"),
                  ("route_completion", "completion"), ("collisions", "collisions"))
@@ -63,9 +63,9 @@ def run(args: Args) -> int:
 
 def from_scratch(out: Path, args: Args) -> Path:
     """Record on the paper's routes with noise injection, then train the default network."""
-    print("from scratch, the shipped policy's recipe: recording 36 episodes (~35k frames, under a minute on 2 "
-          "cores), then training the default network for 8 epochs (about 20 minutes on a 2-core CPU, a minute "
-          "or two on a GPU), then the evaluation (about 4 minutes).", flush=True)
+    print("from scratch, the shipped policy's recipe: recording 72 episodes (~71k frames, about a minute on 2 "
+          "cores), then training the default network for 8 epochs (about 35 minutes on a 2-core CPU, a few "
+          "minutes on a GPU), then the evaluation (about 4 minutes).", flush=True)
     t0 = time.perf_counter()
     data, run_dir = out / "data", out / "train"
     collect.run(parse(collect.Args, [*RECIPE_COLLECT, "--workers", str(args.workers), "--out", str(data),

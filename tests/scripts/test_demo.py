@@ -36,7 +36,7 @@ def test_the_readme_recipe_is_what_from_scratch_runs_and_what_the_policy_was_tra
     assert (demo.SHIPPED / "model.safetensors").stat().st_size < 4_000_000  # "a few MB at most"
 
 
-@pytest.mark.parametrize("route", ["straight", "one-turn"])  # two-turn's second junction fails (README)
+@pytest.mark.parametrize("route", ["straight", "one-turn", "two-turn"])
 def test_the_shipped_policy_drives_paper_routes_to_their_goal_in_the_training_weather(route):
     sim = EmbeddedSimulator()
     agent = CarilAgent(demo.SHIPPED, CarilAgentConfig(correction="regression", device="cpu"))
