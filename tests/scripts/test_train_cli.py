@@ -14,9 +14,9 @@ import pytest
 from agent.checkpoint import load_checkpoint
 from scripts.cli import main
 from sim.types import CameraConfig
+from tests import tiny_dataset
 from training.collect import CollectConfig, CollectJob
 from training.episode_file import entry_from_file, read_manifest, write_manifest
-from training.noise import NoiseConfig
 
 TINY = ["--input-size", "32x32", "--epochs", "1", "--batch-size", "16", "--workers", "0", "--log-every", "2"]
 
@@ -30,12 +30,7 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def record(root, episodes=3, width=64, height=64, frames=40):
-    noise = NoiseConfig(active_fraction=0.5, amplitude=0.3, min_duration_s=0.3, max_duration_s=0.8)
-    config = CollectConfig(routes=("curves", "s-curve", "two-turn"), episodes=episodes, seed=2,
-                           camera=CameraConfig(width=width, height=height), max_frames=frames, noise=noise)
-    job = CollectJob(config, root)
-    job.run(job.prepare())
-    return root
+    return tiny_dataset.record(root, episodes, width, height, frames, seed=2)
 
 
 @pytest.fixture(scope="session")

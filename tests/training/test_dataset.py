@@ -12,6 +12,7 @@ import torch
 from agent.bins import SteeringBins
 from agent.preprocess import PreprocessConfig, preprocess_frame, to_tensor_normalised
 from sim.types import CameraConfig
+from tests.tiny_dataset import record
 from training.collect import CollectConfig, CollectJob
 from training.data_options import LabeledFrames, LabelOptions, label_dataset
 from training.dataset import (
@@ -25,20 +26,9 @@ from training.dataset import (
     split_by_episode,
 )
 from training.episode_file import IMAGE_KEY, DatasetError, DatasetIndex, entry_from_file, read_manifest, write_manifest
-from training.noise import NoiseConfig
 
 PRE = PreprocessConfig(height=32, width=32)
 BINS = SteeringBins()
-
-
-def record(root, episodes=3, width=64, height=64, frames=60, seed=1):
-    """A tiny dataset: curvy routes with strong steering noise, so several steering classes occur."""
-    noise = NoiseConfig(active_fraction=0.5, amplitude=0.3, min_duration_s=0.3, max_duration_s=0.8)
-    config = CollectConfig(routes=("curves", "s-curve", "two-turn"), episodes=episodes, seed=seed,
-                           camera=CameraConfig(width=width, height=height), max_frames=frames, noise=noise)
-    job = CollectJob(config, root)
-    job.run(job.prepare())
-    return root
 
 
 @pytest.fixture(scope="session")

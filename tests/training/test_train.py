@@ -17,13 +17,11 @@ from agent.checkpoint import CheckpointError, load_checkpoint, load_training_sta
 from agent.network import DualHeadNet, NetworkConfig
 from agent.preprocess import PreprocessConfig
 from sim.errors import CarilError, UsageError
-from sim.types import CameraConfig
+from tests.tiny_dataset import record
 from training import train as train_module
-from training.collect import CollectConfig, CollectJob
 from training.data_options import LabelOptions, label_dataset
 from training.dataset import DrivingDataset, make_loader, open_dataset
 from training.episode_file import COMMAND_KEY, IMAGE_KEY, DatasetError
-from training.noise import NoiseConfig
 from training.train import TrainCallbacks, TrainConfig, TrainingDiverged, get_lr, seed_everything, to_device, train
 
 NET = NetworkConfig(input_size=(32, 32))
@@ -32,13 +30,7 @@ PRE = PreprocessConfig(height=32, width=32)
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train") / "tiny"
-    noise = NoiseConfig(active_fraction=0.5, amplitude=0.3, min_duration_s=0.3, max_duration_s=0.8)
-    config = CollectConfig(routes=("curves", "s-curve", "two-turn"), episodes=3, seed=1,
-                           camera=CameraConfig(width=64, height=64), max_frames=60, noise=noise)
-    job = CollectJob(config, root)
-    job.run(job.prepare())
-    return root
+    return record(tmp_path_factory.mktemp("train") / "tiny")
 
 
 def tiny(data_root, out, **overrides):
