@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from agent import correction
 from agent.bins import SteeringBins
 from agent.correction import (
     STRATEGIES,
@@ -276,6 +277,36 @@ def test_record_fields_and_plain_dict():
     assert json.loads(json.dumps(d)) == d
     with pytest.raises(AttributeError):
         rec.steer = 0.0
+
+
+def test_fast_path_gives_the_general_paths_evidence_bit_for_bit():
+    """The control loop's one-pass evidence equals the general checked path's, value for value."""
+    rng = np.random.default_rng(3)
+    cases = [(0.0, uniform()), (-1.3, peaked(0, 0.99)), (1.0, peaked(10, 0.95)), (EDGE, peaked(5, 0.5))]
+    tie = np.zeros(11)
+    tie[[2, 7]] = 0.5  # tied maxima: the first one is the most probable bin
+    cases.append((0.3, tie))
+    for _ in range(300):
+        logits = rng.normal(scale=rng.uniform(0.1, 8.0), size=11)
+        for dtype in (np.float64, np.float32):
+            cases.append((float(rng.uniform(-1.5, 1.5)), temperature_scale(logits).astype(dtype)))
+    for r, p in cases:
+        fast = correction._fast_evidence(r, p, BINS)
+        probs, reason = correction._read_probs(p, 11, 1e-3)
+        if fast is None:  # float32 sums off 1 by more than rounding: renormalised by the general path
+            assert reason == "" and abs(float(np.sum(p, dtype=np.float64)) - 1.0) > 1e-9
+            continue
+        assert fast == correction._evidence(r, probs, BINS)
+    assert sum(correction._fast_evidence(r, p, BINS) is not None for r, p in cases) > 300
+
+
+@pytest.mark.parametrize("r, p", [
+    (math.nan, uniform()), (math.inf, uniform()), (1, uniform()), (np.float32(0.1), uniform()),
+    (0.1, np.append(uniform(10), np.nan)), (0.1, -peaked(5, 0.9)), (0.1, uniform().tolist()),
+    (0.1, uniform()[None]), (0.1, uniform(10)), (0.1, np.ones(11, dtype=np.int64)), (0.1, uniform() * 1.01),
+])
+def test_fast_path_leaves_everything_unusual_to_the_general_path(r, p):
+    assert correction._fast_evidence(r, p, BINS) is None
 
 
 @pytest.mark.parametrize(
