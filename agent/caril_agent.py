@@ -83,6 +83,7 @@ class CarilAgent(Policy):
         self.correction, self.seed = self.cfg.correction, self.cfg.seed
         self.speed = SpeedController()
         self.rng = np.random.default_rng(self.seed)
+        self._centres = self.ckpt.bins.centres  # for the classification head's expected steer in the record
 
     def reset(self, route: Route | None = None) -> None:
         """New episode: the correction's random generator restarts from ``seed``, so episodes reproduce."""
@@ -121,7 +122,7 @@ class CarilAgent(Policy):
         steer = float(np.clip(rec.steer / self.ckpt.steer_scale, -1.0, 1.0))
         throttle, brake = self.speed(self.target_speed(steer), observation.speed_mps)
         record = {**rec.to_dict(), "correction": self.correction, "steer_command": steer,
-                  "steer_scale": self.ckpt.steer_scale,
+                  "steer_scale": self.ckpt.steer_scale, "steer_classification": float(probs @ self._centres),
                   "preprocess_ms": pre_ms, "network_ms": net_ms, "correction_ms": corr_ms, "fallback": ""}
         return Control(steer, throttle, brake), record
 
@@ -138,6 +139,8 @@ class CarilAgent(Policy):
                 "class_probs": probs_list, "max_prob": float(np.max(probs)) if finite else float("nan"),
                 "entropy": float(entropy(probs)) if finite else float("nan"), "predicted_bin": -1,
                 "regression_bin": -1, "rule": "fallback_safe_stop", "steer": 0.0, "reason": reason,
+                "steer_classification": float(probs @ self._centres) if finite and len(probs) == len(self._centres)
+                else float("nan"),
                 "steer_command": 0.0, "preprocess_ms": 0.0, "network_ms": 0.0, "correction_ms": 0.0,
                 "fallback": reason}
 

@@ -98,3 +98,17 @@ def print_table(summary: dict) -> None:
                 tail = f" {100 * change:+.0f}%" if change not in (None, 0.0) and label != ref else ""
                 cells.append(f"{m['mean']:.3f} [{m['low']:.3f},{m['high']:.3f}]{tail}")
             print(f"  {label:12s}" + "".join(f"{c:>30s}" for c in cells))
+    print_heads(summary)
+
+
+def print_heads(summary: dict) -> None:
+    """Why a correction can or cannot help: the heads against the expert on the reference's own drives."""
+    ref = summary["reference_correction"]
+    for group, entries in summary.get("heads", {}).items():
+        s = entries.get(ref)
+        if s is None or not (group == "overall" or group.startswith("weather:")):
+            continue
+        print(f"\nheads on {ref}'s drives ({group}), steering error against the expert's steer in the same state:"
+              f" regression {s['regression_mae']:.4f}, classification {s['classification_mae']:.4f},"
+              f" error correlation {s['error_correlation']:.3f}; picking the better head at every tick"
+              f" would cut it by {100 * s['best_pick_cut']:.0f}% at most")

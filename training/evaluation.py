@@ -29,7 +29,7 @@ from sim.episode import EpisodeLimits
 from sim.errors import SimulatorConnectionLost
 from sim.leaderboard import driving_score, episode_infractions, infraction_penalty
 from sim.metrics import TRAJECTORY_COLUMNS
-from sim.routes import get_route
+from sim.routes import Route, get_route
 from sim.similarity import trajectory_similarity
 from sim.simulator import Simulator
 from sim.weather import get_weather
@@ -43,7 +43,8 @@ METRIC_COLUMNS = ("route_completion", "collisions", "lane_invasions", "lateral_o
                   "infraction_penalty", "driving_score", "corrected_share", "mean_max_prob", "rule_shares",
                   "termination", "sim_time_s")
 RESULT_COLUMNS = SPEC_COLUMNS + METRIC_COLUMNS
-DECISION_COLUMNS = ("t_s", "steer_regression", "steer", "max_prob", "entropy", "rule")
+DECISION_COLUMNS = ("t_s", "steer_regression", "steer", "max_prob", "entropy", "rule", "steer_classification",
+                    "steer_expert")
 
 
 @dataclass(frozen=True)
@@ -110,17 +111,36 @@ def read_results(path: Path) -> list[dict[str, str]]:
 
 @dataclass
 class DecisionLog:
-    """Rollout consumer keeping the agent's per-tick decisions (for rule shares and confidence plots)."""
+    """Rollout consumer keeping the agent's per-tick decisions (for rule shares and confidence plots).
 
+    Given the episode's ``route``, each row also holds the steer the expert would command in the very state the
+    agent decided in (privileged, as in the recorded data; a DAgger-style label), normalised like the agent's
+    steering, for :mod:`training.head_errors`.
+    """
+
+    route: Route | None = None
     rows: list[tuple] = field(default_factory=list)
 
     def on_reset(self, obs: Any, info: dict[str, Any]) -> None:
         self.rows = []
+        self._obs, self._expert = obs, None
+        if self.route is not None:
+            self._expert = ExpertPolicy()
+            self._expert.reset(self.route)
 
     def on_step(self, obs: Any, control: Any, record: dict[str, Any]) -> None:
         if "rule" in record:
             self.rows.append((round(obs.sim_time_s, 6), record.get("steer_regression"), record.get("steer"),
-                              record.get("max_prob"), record.get("entropy"), record["rule"]))
+                              record.get("max_prob"), record.get("entropy"), record["rule"],
+                              record.get("steer_classification", float("nan")), self._expert_steer(record)))
+        self._obs = obs  # the state the next decision is made in
+
+    def _expert_steer(self, record: dict[str, Any]) -> float:
+        """The expert's steer in the state of this decision, times the agent's steering scale, in [-1, 1]."""
+        if self._expert is None or "steer_scale" not in record:
+            return float("nan")
+        steer = self._expert.act(self._obs)[0].steer * record["steer_scale"]
+        return min(1.0, max(-1.0, steer))
 
     def on_end(self, summary: dict[str, Any]) -> None:
         pass
@@ -250,8 +270,8 @@ class Campaign:
     def run_one(self, sim: Simulator, spec: EpisodeSpec, reference_xy: np.ndarray) -> dict[str, Any]:
         """One episode: drive, write its trajectory (and decisions), compute every metric."""
         policy = self.make_policy(spec)
-        decisions = DecisionLog()
         route = getattr(sim, "resolve_route", get_route)(spec.route)
+        decisions = DecisionLog(route)
         summary, traj = run_episode(sim, policy, route, get_weather(spec.weather), spec.seed, self.limits,
                                     consumers=(decisions,))
         table = traj.table()

@@ -46,6 +46,8 @@ from sim.errors import CarilError
 from sim.metrics import lane_deviation
 from sim.routes import get_route
 from training.evaluation import METRIC_COLUMNS, EpisodeSpec, read_results
+from training.head_errors import markdown as heads_markdown
+from training.head_errors import plot_head_errors, pooled_ticks, summarise_heads
 from training.stats import relative_change, summarise
 
 log = logging.getLogger(__name__)
@@ -118,15 +120,10 @@ def summarise_campaign(out_dir: Path, rows: list[dict[str, str]], reference_corr
     labels = list(dict.fromkeys(r["label"] for r in rows))
     expert = [] if EXPERT in labels else reference_rows(out_dir, rows)
     routes = list(dict.fromkeys(r["route"] for r in rows))
-    groups = {OVERALL: _group(rows, expert, seed, n_resamples, confidence)}
-    for route in routes:
-        groups[route] = _group([r for r in rows if r["route"] == route], [e for e in expert if e["route"] == route],
-                               seed, n_resamples, confidence)
     weathers = list(dict.fromkeys(r["weather"] for r in rows))
-    for weather in weathers if len(weathers) > 1 else ():  # e.g. the training weather against an unseen one
-        groups[WEATHER_GROUP + weather] = _group([r for r in rows if r["weather"] == weather],
-                                                 [e for e in expert if e["weather"] == weather],
-                                                 seed, n_resamples, confidence)
+    members = group_members(rows)
+    groups = {group: _group(part, group_members(expert).get(group, []), seed, n_resamples, confidence)
+              for group, part in members.items()}
     if reference_correction not in labels:
         log.warning("reference %r is not among the labels %s: no relative changes", reference_correction, labels)
     for entries in groups.values():
@@ -134,7 +131,19 @@ def summarise_campaign(out_dir: Path, rows: list[dict[str, str]], reference_corr
     return {"reference_correction": reference_correction, "seed": seed, "n_resamples": n_resamples,
             "confidence": confidence, "metrics": list(METRICS), "labels": labels + ([EXPERT] if expert else []),
             "routes": routes, "weathers": weathers, "n_episodes": len(rows), "config": _read_config(out_dir),
-            "groups": groups}
+            "groups": groups, "heads": summarise_heads(out_dir, members, episode_key)}
+
+
+def group_members(rows: list[dict]) -> dict[str, list[dict]]:
+    """The rows of each summary group: ``overall``, each route, and each weather when there are several
+    (e.g. the training weather against an unseen one)."""
+    groups = {OVERALL: rows}
+    for route in dict.fromkeys(r["route"] for r in rows):
+        groups[route] = [r for r in rows if r["route"] == route]
+    weathers = list(dict.fromkeys(r["weather"] for r in rows))
+    for weather in weathers if len(weathers) > 1 else ():
+        groups[WEATHER_GROUP + weather] = [r for r in rows if r["weather"] == weather]
+    return groups
 
 
 def with_derived(row: dict[str, str]) -> dict[str, str]:
@@ -341,8 +350,14 @@ def render_markdown(summary: dict) -> str:
         parts.append(f"## {title}\n\n{_md_table(entries, HEADLINE, summary)}\n\n"
                      f"<details><summary>All metrics ({group})</summary>\n\n"
                      f"{_md_all_metrics(entries, summary)}\n\n</details>")
-    parts += [_md_significant(summary), _md_rules(summary), _md_plots(summary["plots"])]
+    parts += [_md_significant(summary), _md_rules(summary), heads_markdown(summary.get("heads", {}), group_title,
+                                                                       _overall_and_weathers(summary)),
+              _md_plots(summary["plots"])]
     return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _overall_and_weathers(summary: dict) -> list[str]:
+    return [g for g in summary["groups"] if g == OVERALL or g.startswith(WEATHER_GROUP)]
 
 
 def _md_header(summary: dict) -> str:
@@ -440,6 +455,8 @@ def _md_plots(plots: dict) -> str:
         lines.append(f"![trajectories on {route}]({path})")
     for route, path in plots.get("lateral_offset", {}).items():
         lines.append(f"![lateral offset along {route}]({path})")
+    if plots.get("head_errors"):
+        lines.append(f"![the two heads' errors against the expert's steer, per tick]({plots['head_errors']})")
     if plots.get("confidence"):
         lines.append(f"![confidence and rules over time, {plots['episode_for_plot']}]({plots['confidence']})")
     return "\n\n".join(lines) if len(lines) > 1 else ""
@@ -472,6 +489,10 @@ def write_plots(out_dir: Path, rows: list[dict[str, str]], summary: dict, episod
             plot_confidence(key, read_decisions(out_dir / "decisions" / f"{key}.csv")),
             plot_dir / f"confidence_{key}.png", out_dir)
         out["metrics_overall"] = _save(plot_metrics(summary, colours), plot_dir / "metrics_overall.png", out_dir)
+        ref = summary["reference_correction"]
+        ticks = pooled_ticks(out_dir, [r for r in rows if r["label"] == ref], episode_key)
+        out["head_errors"] = _save(plot_head_errors(ticks, ref), plot_dir / "head_errors.png", out_dir) \
+            if len(ticks) > 2 else None
     return out
 
 

@@ -62,6 +62,8 @@ def test_act_returns_a_valid_control_and_a_full_record(checkpoint, observation):
     assert len(record["class_probs"]) == 11 and math.isclose(sum(record["class_probs"]), 1.0, abs_tol=1e-6)
     assert control.steer == pytest.approx(np.clip(record["steer"] / 4.0, -1, 1))
     assert record["steer_scale"] == 4.0  # the checkpoint's units, for displays and logs
+    centres = np.linspace(-1, 1, 12)[:-1] + 1 / 11  # the paper's 11 bins over [-1, 1]
+    assert record["steer_classification"] == pytest.approx(float(np.dot(record["class_probs"], centres)))
 
 
 def test_calibrated_temperature_and_steer_scale_are_applied(checkpoint, observation):

@@ -27,6 +27,7 @@ from training.evaluation import (
     read_results,
     write_table,
 )
+from training.head_errors import head_stats, read_head_columns
 from training.report import METRIC_INFO, METRICS, ReportError, read_table, reference_rows, write_report
 from training.stats import bootstrap_ci
 
@@ -219,9 +220,10 @@ def test_plots_are_valid_pngs(campaign_dir):
     plots = summary["plots"]
     assert plots["episode_for_plot"] == "straight__ClearNoon__caril-caril__t0"  # the first caril episode
     paths = [plots["trajectories"]["straight"], plots["lateral_offset"]["straight"], plots["confidence"],
-             plots["metrics_overall"]]
+             plots["metrics_overall"], plots["head_errors"]]
     assert paths == ["plots/trajectories_straight.png", "plots/lateral_offset_straight.png",
-                     "plots/confidence_straight__ClearNoon__caril-caril__t0.png", "plots/metrics_overall.png"]
+                     "plots/confidence_straight__ClearNoon__caril-caril__t0.png", "plots/metrics_overall.png",
+                     "plots/head_errors.png"]
     for path in paths:
         data = (campaign_dir / path).read_bytes()
         assert data.startswith(PNG_MAGIC)
@@ -235,6 +237,23 @@ def test_plots_are_valid_pngs(campaign_dir):
                           n_resamples=N_RESAMPLES)
     assert chosen["plots"]["confidence"] == "plots/confidence_straight__ClearNoon__caril-regression__t1.png"
     assert (campaign_dir / chosen["plots"]["confidence"]).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_heads_against_the_expert_pool_every_decision_of_a_label(campaign_dir):
+    summary = write_report(campaign_dir, n_resamples=N_RESAMPLES)
+    heads = summary["heads"]
+    assert set(heads) == {"overall", "straight"} and set(heads["overall"]) == {"regression", "caril"}
+    for label in ("regression", "caril"):
+        files = sorted((campaign_dir / "decisions").glob(f"straight__ClearNoon__caril-{label}__t*.csv"))
+        data = np.concatenate([read_head_columns(p) for p in files])
+        assert len(data) > 30 and heads["overall"][label] == pytest.approx(head_stats(data), nan_ok=True)
+    reg = heads["overall"]["regression"]
+    assert reg["corrected_mae"] == reg["regression_mae"]  # regression sends its own head's value
+    md = (campaign_dir / "report.md").read_text()
+    table = markdown_table(md.split("## The heads against the expert", 1)[1], "Overall")
+    assert table["regression"]["ticks"] == str(reg["ticks"])
+    assert table["regression"]["error correlation"] == f"{reg['error_correlation']:.3f}"
+    assert "### Route `straight`" not in md  # per route only in summary.json
 
 
 def test_expert_entry_comes_from_the_references(campaign_dir):
