@@ -17,6 +17,7 @@ out-of-range network output, gives a safe braking control and the reason in the 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -29,13 +30,15 @@ import torch
 from agent.checkpoint import LoadedCheckpoint, load_checkpoint
 from agent.control import SpeedController
 from agent.correction import STRATEGIES, correct, entropy, temperature_scale
+from agent.graphed import GraphedForward
 from agent.policy import Policy
-from agent.preprocess import preprocess_frame
+from agent.preprocess import check_frame, preprocess_frame
 from sim.errors import UsageError, unknown_name
 from sim.routes import Route
 from sim.types import Control, Observation, RoadOption
 
 SAFE_STOP = Control(steer=0.0, throttle=0.0, brake=1.0)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class CarilAgentConfig:
     max_abs_regression: float = 2.0
     seed: int = 0
     device: str = "auto"
+    cuda_graphs: bool = False  # on a GPU: preprocessing + network as one CUDA graph (agent.graphed)
 
     def __post_init__(self) -> None:
         if self.correction not in STRATEGIES:
@@ -84,6 +88,8 @@ class CarilAgent(Policy):
         self.speed = SpeedController()
         self.rng = np.random.default_rng(self.seed)
         self._centres = self.ckpt.bins.centres  # for the classification head's expected steer in the record
+        self._graphed: dict[tuple, GraphedForward] = {}  # per frame shape
+        self._use_graphs = self.cfg.cuda_graphs and self.device.type == "cuda"
 
     def reset(self, route: Route | None = None) -> None:
         """New episode: the correction's random generator restarts from ``seed``, so episodes reproduce."""
@@ -95,6 +101,14 @@ class CarilAgent(Policy):
                 command: int = RoadOption.LANEFOLLOW) -> tuple[float, np.ndarray, float, float]:
         """Network outputs for one frame and route command (a RoadOption value; only a command-branched network
         reads it): (normalised regression, calibrated class probabilities, preprocess ms, network ms)."""
+        graphed = self._graphed_for(image) if self._use_graphs else None
+        if graphed is not None:  # preprocess_ms: staging the frame; network_ms: GPU preprocessing + network
+            t0 = time.perf_counter()
+            graphed.stage(image, command)
+            t1 = time.perf_counter()
+            steer, logits = graphed.run()
+            t2 = time.perf_counter()
+            return steer, temperature_scale(logits, self.ckpt.temperature), (t1 - t0) * 1e3, (t2 - t1) * 1e3
         t0 = time.perf_counter()
         x = torch.from_numpy(preprocess_frame(image, self.ckpt.preprocess))[None].to(self.device)  # (1, 3, h, w)
         if self.device.type == "cuda":
@@ -105,6 +119,21 @@ class CarilAgent(Policy):
         logits = out["logits"][0].float().cpu().numpy()  # (n_bins,)
         t2 = time.perf_counter()
         return steer, temperature_scale(logits, self.ckpt.temperature), (t1 - t0) * 1e3, (t2 - t1) * 1e3
+
+    def _graphed_for(self, image: np.ndarray) -> GraphedForward | None:
+        """The captured graph for this frame's shape (captured on first use); None after a failed capture,
+        which turns graphs off for this agent (the eager path goes on)."""
+        check_frame(image)
+        graphed = self._graphed.get(image.shape)
+        if graphed is None:
+            try:
+                graphed = GraphedForward(self.model, self.ckpt.preprocess, image.shape, self.device)
+            except Exception as e:  # any capture failure: keep driving eagerly
+                log.warning("CUDA graph capture failed (%s: %s); driving without graphs", type(e).__name__, e)
+                self._use_graphs = False
+                return None
+            self._graphed[image.shape] = graphed
+        return graphed
 
     def act(self, observation: Observation) -> tuple[Control, dict[str, Any]]:
         try:

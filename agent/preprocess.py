@@ -123,7 +123,8 @@ class PreprocessConfig:
         return cls(**values)
 
 
-def _check_frame(image: Any) -> None:
+def check_frame(image: Any) -> None:
+    """Raise :class:`FrameError` unless ``image`` is an HxWx3 uint8 RGB array."""
     if not isinstance(image, np.ndarray):
         raise FrameError(f"camera frame must be a numpy array (HxWx3 uint8 RGB), got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -133,7 +134,7 @@ def _check_frame(image: Any) -> None:
 
 def crop_and_resize(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """Crop and resize one HxWx3 uint8 RGB frame -> (height, width, 3) uint8, with ``cv2.INTER_AREA``."""
-    _check_frame(image)
+    check_frame(image)
     top, bottom, left, right = cfg.crop_box(image.shape[0], image.shape[1])
     crop = image[top:bottom, left:right]  # (hc, wc, 3) view
     if crop.shape[:2] == (cfg.height, cfg.width):
@@ -163,10 +164,18 @@ def _normalise_torch(x: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
     x = x / 255.0  # (..., 3, h, w) in [0, 1]
     stats = cfg.mean_std()
     if stats is not None:
-        mean = torch.tensor(stats[0], dtype=torch.float32, device=x.device).view(3, 1, 1)
-        std = torch.tensor(stats[1], dtype=torch.float32, device=x.device).view(3, 1, 1)
+        mean, std = _mean_std_tensors(stats, x.device)
         x = (x - mean) / std
     return x
+
+
+@lru_cache(maxsize=16)
+def _mean_std_tensors(stats: tuple[tuple[float, ...], tuple[float, ...]],
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, 1, 1) mean and std on ``device``, made once: no host-to-device copy per call (a CUDA graph
+    capture forbids one)."""
+    return (torch.tensor(stats[0], dtype=torch.float32, device=device).view(3, 1, 1),
+            torch.tensor(stats[1], dtype=torch.float32, device=device).view(3, 1, 1))
 
 
 def to_tensor_normalised(images: np.ndarray | torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
@@ -207,11 +216,13 @@ def _resize_weights(n_in: int, n_out: int, area: bool) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _resize_matrices(h_in: int, w_in: int, h_out: int, w_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _resize_matrices(h_in: int, w_in: int, h_out: int, w_out: int,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row and column resampling matrices on ``device``, made once per size and device."""
     area = h_in >= h_out and w_in >= w_out
     rows = torch.from_numpy(_resize_weights(h_in, h_out, area)).float()  # (h_out, h_in)
     cols = torch.from_numpy(_resize_weights(w_in, w_out, area)).float().T.contiguous()  # (w_in, w_out)
-    return rows, cols
+    return rows.to(device), cols.to(device)
 
 
 def preprocess_batch(images: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
@@ -228,8 +239,8 @@ def preprocess_batch(images: torch.Tensor, cfg: PreprocessConfig) -> torch.Tenso
     top, bottom, left, right = cfg.crop_box(images.shape[1], images.shape[2])
     x = images[:, top:bottom, left:right, :].permute(0, 3, 1, 2).to(torch.float32)  # (B, 3, hc, wc)
     if (bottom - top, right - left) != (cfg.height, cfg.width):
-        rows, cols = _resize_matrices(bottom - top, right - left, cfg.height, cfg.width)
-        x = rows.to(x.device) @ x  # (B, 3, h, wc)
-        x = x @ cols.to(x.device)  # (B, 3, h, w)
+        rows, cols = _resize_matrices(bottom - top, right - left, cfg.height, cfg.width, x.device)
+        x = rows @ x  # (B, 3, h, wc)
+        x = x @ cols  # (B, 3, h, w)
         x = x.round_().clamp_(0.0, 255.0)  # whole grey levels, as the uint8 path
     return _normalise_torch(x, cfg).contiguous()

@@ -43,6 +43,7 @@ class Args:
     checkpoint: str = arg("", help="checkpoint folder of a trained run (--policy caril)")
     correction: str = arg("caril", help="the CARIL agent's correction strategy (C cycles them live)",
                           choices=tuple(STRATEGIES))
+    cuda_graphs: bool = arg(False, help="on a GPU, replay the agent's preprocessing and network as one CUDA graph")
     route: str = arg("one-turn", help="route name or random:<seed>")
     weather: str = arg("ClearNoon", help="weather preset")
     seed: int = arg(0, help="episode seed; each restart after an episode ends uses the next one")
@@ -94,7 +95,8 @@ def run(args: Args) -> int:
         # batch-1 inference gains little from more threads, and on a busy CPU OpenMP's spinning threads
         # made it 5x slower (measured: 11 ms per frame with 1 thread, 59 ms with 2, under load)
         torch.set_num_threads(args.threads)
-    policy = make_drive_policy(args.policy, dt_s=DEFAULT_DT_S, checkpoint=args.checkpoint, correction=args.correction)
+    policy = make_drive_policy(args.policy, dt_s=DEFAULT_DT_S, checkpoint=args.checkpoint, correction=args.correction,
+                                cuda_graphs=args.cuda_graphs)
     init_pygame(headless=args.headless)
     settings = {"host": args.host, "port": args.port} if args.backend == "carla" else {}
     sim = make_simulator(args.backend, camera=args.camera_config, **settings)

@@ -40,6 +40,7 @@ class Args:
     policy: str = arg("expert", help="policy to drive", choices=POLICIES)
     checkpoint: str = arg("", help="checkpoint folder (a caril train run) for --policy caril")
     corrections: str = arg("caril", help="comma-separated correction strategies compared (--policy caril)")
+    cuda_graphs: bool = arg(False, help="on a GPU, replay the agent's preprocessing and network as one CUDA graph")
     routes: str = arg("paper", help="comma-separated routes or suites (paper, named) or random:<seed>")
     weathers: str = arg("ClearNoon", help="comma-separated weather presets, or 'all'")
     trials: int = arg(1, help="episodes per route and weather")
@@ -91,7 +92,8 @@ def simulator_settings(args: Args) -> dict:
 def campaign_for(args: Args, out: Path) -> Campaign:
     """The campaign of these arguments; references are driven with the camera off (the expert needs none)."""
     settings = simulator_settings(args)
-    policies = PolicyFactory(str(resolve_checkpoint(args.checkpoint)) if args.policy == "caril" else None)
+    policies = PolicyFactory(str(resolve_checkpoint(args.checkpoint)) if args.policy == "caril" else None,
+                             cuda_graphs=args.cuda_graphs)
     return Campaign(out, SimFactory(args.backend, settings), policies,
                     make_reference_sim=SimFactory(args.backend, {**settings, "render_camera": False}))
 

@@ -40,15 +40,16 @@ DRIVE_POLICIES = ("expert", "caril", "manual")
 
 
 def make_drive_policy(name: str, *, dt_s: float = DEFAULT_DT_S, vehicle: VehicleParams | None = None,
-                      checkpoint: str = "", correction: str = "caril") -> Policy:
+                      checkpoint: str = "", correction: str = "caril", cuda_graphs: bool = False) -> Policy:
     """The policy ``caril drive --policy NAME`` drives with, for a simulator stepping ``dt_s`` seconds; the
-    CARIL agent is loaded from ``checkpoint`` with the ``correction`` strategy (``agent.factory``)."""
+    CARIL agent is loaded from ``checkpoint`` with the ``correction`` strategy (``agent.factory``), replaying
+    its network as a CUDA graph on a GPU with ``cuda_graphs``."""
     if name == "manual":
         return ManualPolicy(dt_s=dt_s)
     if name == "expert":
         return factory.make_policy("expert", vehicle=vehicle, dt_s=dt_s)
     if name == "caril":
-        return factory.make_policy("caril", checkpoint=checkpoint, correction=correction)
+        return factory.make_policy("caril", checkpoint=checkpoint, correction=correction, cuda_graphs=cuda_graphs)
     raise unknown_name("policy", name, DRIVE_POLICIES)
 
 
