@@ -74,7 +74,8 @@ class GraphedForward:
     def _forward_fn(self, model: nn.Module, preprocess: PreprocessConfig, amp: bool) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
             x = preprocess_batch(self._frame, preprocess).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            # no autocast weight cache: cast copies made during capture would be freed under the graph
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
                 out = model(x, command=self._command)
             return torch.cat([out["steer"][:, None], out["logits"]], dim=1).float()  # (1, 1 + n_bins)
 
