@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from typing import Any, TypeVar
@@ -29,6 +30,20 @@ def arg(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> An
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def env_default(name: str, default: Any) -> Any:
+    """``default``, or the environment variable ``name`` when it is set (as CARLA's examples read
+    ``CARLA_HOST``), converted to ``default``'s type. A value that does not convert stays text: argparse
+    converts text defaults with the option's type, so it becomes the usual one-line error naming the option,
+    not a traceback when the command is imported."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return type(default)(text)
+    except ValueError:
+        return text
 
 
 def _base_type(tp: Any) -> Any:

@@ -12,14 +12,13 @@ records the missing ones (with the same settings; a larger --episodes extends th
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from tqdm import tqdm
 
-from scripts.args import arg
+from scripts.args import arg, env_default
 from sim.backends import BACKENDS
 from sim.errors import UsageError
 from sim.routes import parse_routes
@@ -41,9 +40,9 @@ class Args:
     episodes: int = arg(10, help="number of episodes; they cycle over routes x weathers")
     seed: int = arg(0, help="job seed; episode i's seed derives from it and i")
     workers: int = arg(1, help="parallel recording processes (embedded backend)")
-    host: str = arg(os.environ.get("CARLA_HOST", "127.0.0.1"), help="CARLA server host (--backend carla)")
-    port: int = arg(int(os.environ.get("CARLA_PORT", 2000)), help="CARLA server RPC port")
-    tm_port: int = arg(int(os.environ.get("CARLA_TM_PORT", 8000)), help="CARLA Traffic Manager port")
+    host: str = arg(env_default("CARLA_HOST", "127.0.0.1"), help="CARLA server host (--backend carla; env CARLA_HOST)")
+    port: int = arg(env_default("CARLA_PORT", 2000), help="CARLA server RPC port (env CARLA_PORT)")
+    tm_port: int = arg(env_default("CARLA_TM_PORT", 8000), help="CARLA Traffic Manager port (env CARLA_TM_PORT)")
     timeout: float = arg(10.0, help="CARLA client timeout, seconds")
     town: str = arg("Town04", help="CARLA map to load ('' keeps the loaded one)")
     res: str = arg("448x448", help="camera resolution WIDTHxHEIGHT")

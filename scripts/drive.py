@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.correction import STRATEGIES
-from scripts.args import arg
+from scripts.args import arg, env_default
 from sim.backends import BACKENDS, make_simulator
 from sim.errors import CarilError, UsageError
 from sim.routes import get_route
@@ -48,8 +48,8 @@ class Args:
     weather: str = arg("ClearNoon", help="weather preset")
     seed: int = arg(0, help="episode seed; each restart after an episode ends uses the next one")
     backend: str = arg("embedded", help="simulator backend", choices=BACKENDS)
-    host: str = arg("127.0.0.1", help="CARLA server host (--backend carla)")
-    port: int = arg(2000, help="CARLA server port (--backend carla)")
+    host: str = arg(env_default("CARLA_HOST", "127.0.0.1"), help="CARLA server host (--backend carla; env CARLA_HOST)")
+    port: int = arg(env_default("CARLA_PORT", 2000), help="CARLA server RPC port (env CARLA_PORT)")
     res: str = arg("1280x720", help="window size WIDTHxHEIGHT")
     camera_res: str = arg("448x448", help="camera resolution WIDTHxHEIGHT (what the policy sees, scaled to fit)")
     fov: float = arg(110.0, help="camera horizontal field of view, degrees")

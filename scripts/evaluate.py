@@ -13,7 +13,6 @@ Every (route, weather, correction, trial) is one episode. Writes ``OUT/results.c
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from tqdm import tqdm
 
 from agent.correction import STRATEGIES
 from agent.factory import POLICIES, resolve_checkpoint
-from scripts.args import arg
+from scripts.args import arg, env_default
 from sim.backends import BACKENDS
 from sim.carla_routes import carla_route_names
 from sim.errors import UsageError, unknown_name
@@ -46,9 +45,9 @@ class Args:
     trials: int = arg(1, help="episodes per route and weather")
     seed: int = arg(0, help="base seed; trial k uses seed+k")
     backend: str = arg("embedded", help="simulator backend", choices=BACKENDS)
-    host: str = arg(os.environ.get("CARLA_HOST", "127.0.0.1"), help="CARLA server host (--backend carla)")
-    port: int = arg(int(os.environ.get("CARLA_PORT", 2000)), help="CARLA server RPC port")
-    tm_port: int = arg(int(os.environ.get("CARLA_TM_PORT", 8000)), help="CARLA Traffic Manager port")
+    host: str = arg(env_default("CARLA_HOST", "127.0.0.1"), help="CARLA server host (--backend carla; env CARLA_HOST)")
+    port: int = arg(env_default("CARLA_PORT", 2000), help="CARLA server RPC port (env CARLA_PORT)")
+    tm_port: int = arg(env_default("CARLA_TM_PORT", 8000), help="CARLA Traffic Manager port (env CARLA_TM_PORT)")
     timeout: float = arg(10.0, help="CARLA client timeout, seconds")
     town: str = arg("Town04", help="CARLA map to load ('' keeps the loaded one)")
     res: str = arg("448x448", help="camera resolution WIDTHxHEIGHT")

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -10,9 +11,9 @@ import pytest
 from training.evaluation import RESULT_COLUMNS
 
 
-def caril(*args, cwd=None):
+def caril(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "scripts.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+                          cwd=cwd, timeout=300, env=None if env is None else {**os.environ, **env})
 
 
 def test_evaluate_expert_writes_results_trajectories_and_config(tmp_path):
@@ -62,3 +63,15 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path, args, message):
     assert len(lines) == 1, r.stderr
     assert message in lines[0]
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "collect", "drive"])
+def test_carla_connection_defaults_come_from_the_environment(tmp_path, command):
+    """CARLA_HOST / CARLA_PORT set the defaults, as in CARLA's examples; a bad value is the option's error."""
+    r = caril(command, "--help", env={"CARLA_HOST": "10.1.2.3", "CARLA_PORT": "2042"})
+    assert r.returncode == 0 and "10.1.2.3" in r.stdout and "2042" in r.stdout
+    r = caril(command, "--out", "x", cwd=tmp_path, env={"CARLA_PORT": "two-thousand"})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "argument --port: invalid int value: 'two-thousand'" in lines[0]
+    assert not (tmp_path / "x").exists()
