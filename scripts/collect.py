@@ -2,12 +2,15 @@
 
     caril collect --routes paper --weathers ClearNoon,WetNoon --episodes 60 --seed 0 --workers 2 --out data/paper
     caril collect --backend carla --host localhost --town Town04 --routes paper --episodes 30 --out data/town04
+    caril collect --driver caril --checkpoint policies/caril_small --routes paper --episodes 36 --out data/dagger
 
 Episodes cycle over routes x weathers; episode i's seed derives from --seed and i. By default steering
 noise is injected (recovery data: the executed steering drifts, the stored label is the expert's clean
 correction); --no-noise records the plain expert. ``OUT/config.json`` holds the resolved settings and
 ``OUT/manifest.json`` the finished episodes. A killed run keeps every finished episode; ``--resume``
-records the missing ones (with the same settings; a larger --episodes extends the dataset).
+records the missing ones (with the same settings; a larger --episodes extends the dataset). With
+``--driver caril`` the agent of ``--checkpoint`` drives (noise on its steering when enabled) and the expert
+labels each state it reaches (``training/dagger.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from agent.correction import STRATEGIES
 from scripts.args import arg, env_default
 from sim.backends import BACKENDS
 from sim.errors import UsageError
@@ -25,10 +29,12 @@ from sim.routes import parse_routes
 from sim.types import DEFAULT_DT_S, CameraConfig, parse_resolution
 from sim.weather import parse_weathers
 from training.collect import CollectConfig, CollectJob, SimulatorFactory
+from training.dagger import DRIVERS, DriverConfig
 from training.episode_file import IMAGE_FORMATS, ImageCodec
 from training.noise import NOISE_KINDS, NoiseConfig
 
-DESCRIPTION = "Record expert demonstrations (camera frames, expert and executed controls) into a dataset."
+DESCRIPTION = ("Record expert demonstrations (camera frames, expert and executed controls) into a dataset; "
+               "with --driver caril the agent drives and the expert labels (DAgger).")
 
 
 @dataclass
@@ -58,6 +64,11 @@ class Args:
     noise_amplitude: float = arg(0.2, help="peak steering perturbation (triangle) or its std (ou), steer units")
     noise_min_s: float = arg(0.5, help="shortest noise event, seconds")
     noise_max_s: float = arg(1.5, help="longest noise event, seconds")
+    driver: str = arg("expert", help="who drives while the expert labels every frame: the expert, or the CARIL "
+                                     "agent of --checkpoint (DAgger data on its own states)", choices=DRIVERS)
+    checkpoint: str = arg("", help="the agent that drives (--driver caril): a caril train run or policies/NAME")
+    correction: str = arg("regression", help="the driving agent's correction strategy (--driver caril)",
+                          choices=tuple(STRATEGIES))
     resume: bool = arg(False, help="continue an interrupted recording in OUT")
 
     def __post_init__(self) -> None:
@@ -72,7 +83,8 @@ class Args:
             episodes=self.episodes, seed=self.seed, backend=self.backend,
             camera=CameraConfig(width=width, height=height, fov_deg=self.fov), dt_s=self.dt,
             codec=ImageCodec(self.image_format, self.jpeg_quality, self.png_compression), noise=noise,
-            max_frames=self.max_frames, town=(self.town or None) if self.backend == "carla" else None)
+            max_frames=self.max_frames, town=(self.town or None) if self.backend == "carla" else None,
+            driver=DriverConfig(self.driver, self.checkpoint, self.correction))
         self.make_sim = SimulatorFactory()
         if self.backend == "carla":
             self.make_sim = SimulatorFactory({"host": self.host, "port": self.port, "tm_port": self.tm_port,

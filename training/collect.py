@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from agent.expert import ExpertConfig, ExpertPolicy
+from agent.policy import Policy
 from sim.backends import BACKENDS, make_simulator
 from sim.dynamics import VehicleParams
 from sim.episode import EpisodeLimits
@@ -40,6 +41,7 @@ from sim.routes import get_route
 from sim.simulator import Simulator
 from sim.types import DEFAULT_DT_S, CameraConfig
 from sim.weather import get_weather
+from training.dagger import DriverConfig, ExpertLabelled, learner
 from training.episode_file import (
     CONFIG,
     CORRUPT_SUFFIX,
@@ -85,6 +87,7 @@ class CollectConfig:
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     limits: EpisodeLimits = field(default_factory=EpisodeLimits)
     town: str | None = None  # CARLA map to load (None: the backend's default); unused by the embedded backend
+    driver: DriverConfig = field(default_factory=DriverConfig)  # who drives while the expert labels
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "routes", tuple(self.routes))
@@ -114,8 +117,12 @@ class CollectConfig:
         return 1.0 / self.dt_s
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready nested dict (tuples as lists)."""
-        return json.loads(json.dumps(asdict(self)))
+        """JSON-ready nested dict (tuples as lists). ``driver`` only when it is not the expert, so datasets
+        recorded before drivers existed keep their config (and stay resumable)."""
+        out = json.loads(json.dumps(asdict(self)))
+        if self.driver.is_expert:
+            del out["driver"]
+        return out
 
     def episode_limits(self) -> EpisodeLimits:
         """The termination limits, with the ``max_frames`` cap folded into the time limit."""
@@ -181,7 +188,7 @@ def episode_attrs(sim: Simulator, plan: EpisodePlan, config: CollectConfig, expe
             "weather_params": weather.to_dict(), "seed": plan.seed, "dt_s": sim.dt_s,
             "camera": sim.camera.to_dict(), "camera_K": sim.camera.intrinsics(), "expert": expert.config(),
             "noise": config.noise.to_dict(), "job_seed": config.seed, "max_frames": config.max_frames,
-            "limits": config.episode_limits().to_dict()}
+            "limits": config.episode_limits().to_dict(), "driver": config.driver.to_dict()}
 
 
 def record_episode(sim: Simulator, plan: EpisodePlan, config: CollectConfig, recorder: Recorder) -> dict[str, Any]:
@@ -190,7 +197,10 @@ def record_episode(sim: Simulator, plan: EpisodePlan, config: CollectConfig, rec
     expert = ExpertPolicy(config.expert, vehicle=vehicle if isinstance(vehicle, VehicleParams) else None,
                           dt_s=sim.dt_s)
     noise = SteeringNoise(config.noise, sim.dt_s, plan.seed) if config.noise.enabled else None
-    policy = NoisyPolicy(expert, noise)
+    if config.driver.is_expert:
+        policy: Policy = NoisyPolicy(expert, noise)
+    else:  # DAgger: the agent drives (noise on its steering), the expert labels every state it reaches
+        policy = ExpertLabelled(NoisyPolicy(learner(config.driver), noise), expert)
     recorder.start_episode(plan.index, episode_attrs(sim, plan, config, expert))
     try:
         # the route goes by name: each backend resolves it on its own map
@@ -374,6 +384,10 @@ def _init_worker(config: CollectConfig, root: str, make_sim: Callable[[CollectCo
     import cv2
 
     cv2.setNumThreads(1)  # K workers on K cores: OpenCV's own threads would oversubscribe them
+    if not config.driver.is_expert:
+        import torch
+
+        torch.set_num_threads(1)  # the same for the driving agent's network
     features = default_features(config.camera.height, config.camera.width)
     _WORKER.update(config=config, make_sim=make_sim, sim=None,
                    recorder=Recorder(root, config.fps, features, config.codec, progress=frames.put))

@@ -10,22 +10,17 @@ import pytest
 import torch
 
 import agent.caril_agent as caril_agent
-from agent.bins import SteeringBins
 from agent.caril_agent import SAFE_STOP, CarilAgent, CarilAgentConfig
-from agent.checkpoint import save_checkpoint
 from agent.graphed import GraphedForward
-from agent.network import DualHeadNet, NetworkConfig
-from agent.preprocess import PreprocessConfig, preprocess_batch
+from agent.preprocess import preprocess_batch
 from sim.embedded import EmbeddedSimulator
 from sim.types import CameraConfig, Control
+from tests.tiny_checkpoint import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = NetworkConfig(input_size=(32, 32), command_branches=True)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt"), DualHeadNet(cfg).eval(), cfg,
-                           PreprocessConfig(height=32, width=32), SteeringBins(), temperature=1.3)
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), command_branches=True, temperature=1.3)
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,12 @@ import json
 import numpy as np
 import pytest
 
+from agent.caril_agent import CarilAgent, CarilAgentConfig
 from agent.expert import ExpertPolicy
 from sim.embedded import EmbeddedSimulator
 from sim.errors import CarilError
 from sim.types import CameraConfig
+from tests.tiny_checkpoint import save_tiny_checkpoint
 from training.collect import (
     CollectConfig,
     CollectJob,
@@ -17,6 +19,7 @@ from training.collect import (
     episode_seed,
     plan_episodes,
 )
+from training.dagger import DriverConfig
 from training.episode_file import IMAGE_KEY, DatasetIndex, EpisodeReader, ImageCodec, check_dataset, read_manifest
 from training.noise import EXPERT_CONTROL_KEY, NOISE_ACTIVE_KEY, NoiseConfig, NoisyPolicy, SteeringNoise
 
@@ -203,3 +206,50 @@ def test_the_same_job_records_on_the_carla_backend(tmp_path):
     assert reader.image(0)[1, 1, 0] == 7 and np.all(np.diff(frames) == 1)  # one server tick per recorded frame
     with pytest.raises(CarilError, match="--workers > 1 needs --backend embedded"):
         CollectJob(config, tmp_path / "e", make_sim=make_sim, workers=2)
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), command_branches=True, steer_scale=4.0)
+
+
+def test_dagger_the_agent_drives_and_the_expert_labels_every_state_it_reaches(tmp_path, small_checkpoint):
+    """Replay: the executed controls are the agent's, the labels the expert's in the states the agent reached."""
+    driver = DriverConfig("caril", str(small_checkpoint), "regression")
+    config = tiny(episodes=2, noise=NoiseConfig(enabled=False), driver=driver)
+    collect(tmp_path / "d", config)
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["driver"] == driver.to_dict()
+    sim = EmbeddedSimulator(camera=CAMERA)
+    for entry in read_manifest(tmp_path / "d")["episodes"]:
+        reader = EpisodeReader(tmp_path / "d" / entry["file"])
+        assert reader.attrs["driver"] == driver.to_dict()
+        agent = CarilAgent(small_checkpoint, CarilAgentConfig(correction="regression", device="cpu"))
+        expert = ExpertPolicy(dt_s=sim.dt_s)
+        obs = sim.reset(entry["route"], entry["weather"], entry["seed"])
+        agent.reset(sim.route)
+        expert.reset(sim.route)
+        for t in range(len(reader)):
+            label, _ = expert.act(obs)
+            control, _ = agent.act(obs)
+            frame = reader.frame(t)
+            assert np.array_equal(frame["action/executed"], control.to_array())
+            assert np.array_equal(frame["action/expert"], label.to_array())
+            obs = sim.step(control)
+    executed = DatasetIndex(tmp_path / "d").column("action/executed")[:, 0]
+    labels = DatasetIndex(tmp_path / "d").column("action/expert")[:, 0]
+    assert np.abs(executed - labels).mean() > 1e-3  # the agent is not the expert
+
+
+def test_driver_settings_are_checked_and_the_experts_config_is_unchanged(tmp_path, small_checkpoint):
+    with pytest.raises(CarilError, match="--driver caril needs --checkpoint RUN"):
+        DriverConfig("caril")
+    with pytest.raises(CarilError, match="unknown driver 'robot'"):
+        DriverConfig("robot")
+    with pytest.raises(CarilError, match="no checkpoint"):
+        DriverConfig("caril", str(tmp_path / "missing"))
+    with pytest.raises(CarilError, match="--checkpoint is for --driver caril"):
+        DriverConfig("expert", str(small_checkpoint))
+    assert "driver" not in tiny().to_dict()  # datasets recorded before drivers existed stay resumable
+    stored = tiny().to_dict()
+    dagger = tiny(driver=DriverConfig("caril", str(small_checkpoint))).to_dict()
+    assert "driver.policy: '<absent>' -> 'caril'" in config_differences(stored, dagger)
