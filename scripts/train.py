@@ -35,7 +35,8 @@ DESCRIPTION = "Train a dual-head (regression + classification) steering network 
 
 @dataclass
 class Args:
-    data: str = arg(help="dataset folder (written by caril collect)")
+    data: str = arg(help="dataset folder (written by caril collect); several, comma-separated, train together "
+                         "(e.g. the expert's data and a DAgger recording)")
     out: str = arg(help="run folder (best/, last/, metrics.json, tb/, plots)")
     preset: str = arg("fast", help="fast: small CPU CNN; paper: the reference's ResNet-50", choices=PRESETS)
     backbone: str = arg("", help="replace the preset's backbone (small_cnn, resnet18/34/50, mobilenet_v3_small, "

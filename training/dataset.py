@@ -90,19 +90,24 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig
 def open_dataset(root: str | Path, preprocess: PreprocessConfig, check: str = "sample") -> DatasetIndex:
     """Open a recorded dataset for training, failing early with one :class:`DatasetError` that says what is wrong.
 
-    ``check`` is :func:`~training.episode_file.check_dataset`'s decode mode (``all``, ``sample``, ``none``):
-    corrupt or truncated episodes are named. Every episode must have the same camera size (one network input
-    per dataset), and the preprocessing crop must fit it.
+    ``root`` may name several folders separated by commas (``data/expert,data/dagger``): their episodes are
+    trained on together (:meth:`DatasetIndex.concat`). ``check`` is
+    :func:`~training.episode_file.check_dataset`'s decode mode (``all``, ``sample``, ``none``): corrupt or
+    truncated episodes are named. Every episode must have the same camera size (one network input per
+    dataset), and the preprocessing crop must fit it.
     """
-    root = Path(root)
-    report = check_dataset(root, decode=check, sample=2)
-    if not report.ok:
-        name, problems = next(iter(report.problems.items()))
-        more = f" (and {len(report.problems) - 1} more files)" if len(report.problems) > 1 else ""
-        raise DatasetError(f"{root / name}: {problems[0]}{more}; 'caril data check {root}' lists every problem "
-                           "(re-record or delete the bad episodes, 'caril collect --resume' repairs the manifest)")
+    roots = [Path(r) for r in str(root).split(",") if r.strip()]
+    for folder in roots:
+        report = check_dataset(folder, decode=check, sample=2)
+        if not report.ok:
+            name, problems = next(iter(report.problems.items()))
+            more = f" (and {len(report.problems) - 1} more files)" if len(report.problems) > 1 else ""
+            raise DatasetError(f"{folder / name}: {problems[0]}{more}; 'caril data check {folder}' lists every "
+                               "problem (re-record or delete the bad episodes, 'caril collect --resume' repairs "
+                               "the manifest)")
+    root = roots[0] if len(roots) == 1 else root
     try:
-        index = DatasetIndex(root)
+        index = DatasetIndex(roots[0]) if len(roots) == 1 else DatasetIndex.concat(roots)
     except (OSError, KeyError) as e:
         raise DatasetError(f"{root}: cannot be read ({e}); run 'caril data check {root}'") from None
     if not index.entries:
@@ -141,7 +146,8 @@ def split_by_episode(index: DatasetIndex, frames: LabeledFrames, val_fraction: f
     if n < 2:
         raise DatasetError(f"dataset {index.root} has {n} episode(s); a train/validation split by episode needs "
                            "at least 2: record more with caril collect --resume --episodes N")
-    keys = [int(np.random.SeedSequence([seed, int(e["index"])]).generate_state(1)[0]) for e in index.entries]
+    keys = [int(np.random.SeedSequence([seed, *([e["source"]] if e.get("source") else []), int(e["index"])])
+                .generate_state(1)[0]) for e in index.entries]  # one dataset: the keys of earlier versions
     order = np.argsort(np.asarray(keys, np.uint64), kind="stable")
     n_val = min(n - 1, max(1, round(val_fraction * n)))
     is_val = np.zeros(n, bool)

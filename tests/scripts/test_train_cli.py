@@ -60,6 +60,17 @@ def test_train_then_resume_in_one_process_with_workers(data_root, tmp_path, caps
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
 
 
+def test_two_datasets_train_together(data_root, tmp_path, capsys):
+    """``--data a,b`` (the expert's data and a DAgger recording, say): one run over both datasets' episodes."""
+    other = record(tmp_path / "dagger", episodes=2)
+    run = tmp_path / "run"
+    code, out, _ = run_cli(capsys, "--data", f"{data_root},{other}", "--out", run, *TINY)
+    assert code == 0 and "completed after epoch 1" in out
+    config = json.loads((run / "config.json").read_text())
+    episodes = [*config["split"]["train"], *config["split"]["val"]]
+    assert len(episodes) == 5 and sum(name.startswith(f"{other}/") for name in episodes) == 2
+
+
 def test_torchrun_two_cpu_processes_train_and_rank_zero_writes_once(data_root, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -209,3 +209,30 @@ def test_flip_mirrors_the_route_command_with_the_image(index, frames):
     for i in range(8):
         assert plain[i]["command"].item() == commands[i]
         assert flipped[(i, 0)]["command"].item() == mirrored[commands[i]]
+
+
+def test_several_datasets_train_together(tmp_path, data_root, index):
+    """``--data a,b``: b's episodes follow a's, named by folder; frames and columns are both datasets';
+    the split of a's episodes is what it is alone; datasets recorded differently are refused."""
+    other = record(tmp_path / "dagger", episodes=2, seed=5)
+    both = open_dataset(f"{data_root},{other}", PRE)
+    alone = DatasetIndex(other)
+    assert len(both) == len(index) + len(alone) and len(both.entries) == 5
+    assert [e["file"] for e in both.entries[3:]] == [f"{other}/{e['file']}" for e in alone.entries]
+    assert np.array_equal(both.column("action/expert"),
+                          np.concatenate([index.column("action/expert"), alone.column("action/expert")]))
+    assert np.array_equal(both.image(len(index)), alone.image(0))  # the first frame of the second dataset
+    def key(seed, *parts):
+        return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0])
+
+    frames_both = label_dataset(both, LabelOptions())
+    for seed in range(6):  # one dataset keeps the keys it always had; a later one adds its position
+        solo = split_by_episode(index, label_dataset(index, LabelOptions()), 0.4, seed)
+        keys = {e["file"]: key(seed, e["index"]) for e in index.entries}
+        assert list(solo.val_episodes) == sorted(keys, key=keys.get)[:1]
+        split = split_by_episode(both, frames_both, 0.4, seed)
+        keys.update({e["file"]: key(seed, 1, e["index"]) for e in both.entries[3:]})
+        assert set(split.val_episodes) == set(sorted(keys, key=keys.get)[:2])
+    wide = record(tmp_path / "wide", episodes=1, width=48, height=64, frames=10)
+    with pytest.raises(DatasetError, match="recorded with other features or another rate"):
+        open_dataset(f"{data_root},{wide}", PRE)
