@@ -151,7 +151,7 @@ class CarilAgent(Policy):
         steer = float(np.clip(rec.steer / self.ckpt.steer_scale, -1.0, 1.0))
         throttle, brake = self.speed(self.target_speed(steer), observation.speed_mps)
         record = {**rec.to_dict(), "correction": self.correction, "steer_command": steer,
-                  "steer_scale": self.ckpt.steer_scale, "steer_classification": float(probs @ self._centres),
+                  "steer_scale": self.ckpt.steer_scale, "steer_classification": self._expected_steer(probs),
                   "preprocess_ms": pre_ms, "network_ms": net_ms, "correction_ms": corr_ms, "fallback": ""}
         return Control(steer, throttle, brake), record
 
@@ -161,6 +161,11 @@ class CarilAgent(Policy):
         w = min(1.0, abs(steer) / c.turn_steer)
         return c.cruise_speed_mps + w * (c.turn_speed_mps - c.cruise_speed_mps)
 
+    def _expected_steer(self, probs: np.ndarray) -> float:
+        """The classification head's probability-weighted bin centre (normalised steer); NaN for probabilities
+        that are not one per bin."""
+        return float(probs @ self._centres) if len(probs) == len(self._centres) else float("nan")
+
     def _fallback(self, reason: str, steer_reg: float = float("nan"), probs: np.ndarray | None = None) -> dict:
         probs_list = [] if probs is None else [float(p) for p in probs]
         finite = probs is not None and bool(np.all(np.isfinite(probs)))
@@ -168,8 +173,7 @@ class CarilAgent(Policy):
                 "class_probs": probs_list, "max_prob": float(np.max(probs)) if finite else float("nan"),
                 "entropy": float(entropy(probs)) if finite else float("nan"), "predicted_bin": -1,
                 "regression_bin": -1, "rule": "fallback_safe_stop", "steer": 0.0, "reason": reason,
-                "steer_classification": float(probs @ self._centres) if finite and len(probs) == len(self._centres)
-                else float("nan"),
+                "steer_classification": self._expected_steer(probs) if finite else float("nan"),
                 "steer_command": 0.0, "preprocess_ms": 0.0, "network_ms": 0.0, "correction_ms": 0.0,
                 "fallback": reason}
 

@@ -107,7 +107,7 @@ def open_dataset(root: str | Path, preprocess: PreprocessConfig, check: str = "s
                                "the manifest)")
     root = roots[0] if len(roots) == 1 else root
     try:
-        index = DatasetIndex(roots[0]) if len(roots) == 1 else DatasetIndex.concat(roots)
+        index = DatasetIndex.concat(roots)
     except (OSError, KeyError) as e:
         raise DatasetError(f"{root}: cannot be read ({e}); run 'caril data check {root}'") from None
     if not index.entries:

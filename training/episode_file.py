@@ -517,7 +517,8 @@ class DatasetIndex:
     def concat(cls, roots: list[str | Path], max_open: int = 64) -> DatasetIndex:
         """One index over several datasets recorded alike (same features and rate), e.g. the expert's and a
         DAgger recording: episodes of later roots follow the first root's, named ``<root>/<file>`` and marked
-        with their root's position (``source``), so their split keys differ from the first root's."""
+        with their root's position (``source``), so their split keys differ from the first root's. One root
+        gives exactly ``DatasetIndex(root)``."""
         first = cls(roots[0], max_open)
         for pos, root in enumerate(roots[1:], start=1):
             other = cls(root, max_open)
@@ -528,7 +529,6 @@ class DatasetIndex:
             first.readers += other.readers
             first.lengths = np.concatenate([first.lengths, other.lengths])
         first.starts = np.concatenate([[0], np.cumsum(first.lengths)]).astype(np.int64)
-        first.roots = tuple(Path(r) for r in roots)
         return first
 
     def __getstate__(self) -> dict:
