@@ -7,9 +7,12 @@ world synchronous at 0.05 s, and per tick ``apply_control`` (a speed-holding thr
 so the control RPC is really sent), ``world.tick()`` and the camera image of that frame taken from the
 listen queue (frame-matched). The server runs in its own process (``caril serve --port 0``), as a CARLA
 server would. The baseline is the same loop on the embedded backend directly (``EmbeddedSimulator.step``
-with the same camera, route and controls), in this process, timed before and after the served loop; the
-faster of the two is the one compared (machine noise never flatters the ratio). Target: served at least half
-of direct.
+with the same camera, route and controls) in this process.
+
+Paired rounds: a small shared machine changes speed by a factor of two within seconds, so a served run and
+a direct run timed one after the other can land in different phases. Each round therefore times both on a
+fresh episode over the same stretch of road, back to back (which goes first alternates), and the figures
+are the medians over the rounds; every round's pair is in the JSON. Target: served at least half of direct.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ from __future__ import annotations
 import queue
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,15 +41,16 @@ CRUISE_MPS = 8.0
 @dataclass
 class Args:
     json: str | None = arg(None, help="also write the JSON to this path")
-    ticks: int = arg(600, help="timed ticks per case")
-    warmup: int = arg(40, help="untimed ticks before timing")
+    ticks: int = arg(200, help="timed ticks per case and round")
+    rounds: int = arg(5, help="paired rounds (each times direct and served back to back)")
+    warmup: int = arg(40, help="untimed ticks at the start of each case's episode")
     route: str = arg("straight", help="map/route driven (its straight keeps the car on the road)")
     size: int = arg(448, help="camera width and height, pixels")
     fov: float = arg(110.0, help="camera horizontal field of view, degrees")
 
     def __post_init__(self) -> None:
-        if self.ticks < 1 or self.warmup < 0:
-            raise UsageError("--ticks must be positive and --warmup not negative")
+        if self.ticks < 1 or self.rounds < 1 or self.warmup < 0:
+            raise UsageError("--ticks and --rounds must be positive and --warmup not negative")
         CameraConfig(width=self.size, height=self.size, fov_deg=self.fov)
 
 
@@ -58,7 +65,7 @@ def _rate(ticks: int, seconds: float) -> dict:
 
 
 def bench_direct(args: Args) -> dict:
-    """The loop on :class:`EmbeddedSimulator` in this process."""
+    """One episode of the loop on :class:`EmbeddedSimulator` in this process."""
     from sim.embedded import EmbeddedSimulator
 
     sim = EmbeddedSimulator(camera=CameraConfig(width=args.size, height=args.size, fov_deg=args.fov))
@@ -94,8 +101,9 @@ def _stop_server(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def bench_served(args: Args, port: int) -> dict:
-    """The loop through the real client against the server on ``port``."""
+@contextmanager
+def served_world(port: int) -> Iterator[tuple[Any, Any]]:
+    """The real client's ``(carla, world)`` on the server at ``port``, synchronous at 0.05 s while inside."""
     from sim.carla_backend import import_carla
 
     carla = import_carla()
@@ -105,6 +113,15 @@ def bench_served(args: Args, port: int) -> dict:
     settings = world.get_settings()
     settings.synchronous_mode, settings.fixed_delta_seconds = True, 0.05
     world.apply_settings(settings)
+    try:
+        yield carla, world
+    finally:
+        settings.synchronous_mode, settings.fixed_delta_seconds = False, None
+        world.apply_settings(settings)
+
+
+def bench_served(args: Args, carla: Any, world: Any) -> dict:
+    """One episode of the loop through the real client: spawn the car and camera, drive, destroy them."""
     library = world.get_blueprint_library()
     vehicle = world.spawn_actor(library.find("vehicle.tesla.model3"), world.get_map().get_spawn_points()[0])
     camera_bp = library.find("sensor.camera.rgb")
@@ -119,8 +136,6 @@ def bench_served(args: Args, port: int) -> dict:
         camera.stop()
         camera.destroy()
         vehicle.destroy()
-        settings.synchronous_mode, settings.fixed_delta_seconds = False, None
-        world.apply_settings(settings)
 
 
 def _served_loop(args: Args, carla: Any, world: Any, vehicle: Any, images: queue.Queue) -> dict:
@@ -140,27 +155,44 @@ def _served_loop(args: Args, carla: Any, world: Any, vehicle: Any, images: queue
     return {**_rate(args.ticks, seconds), "frames_matched": matched, "frames": args.warmup + args.ticks}
 
 
+def paired_rounds(args: Args, carla: Any, world: Any) -> list[dict]:
+    """``args.rounds`` pairs of (direct, served) episodes timed back to back; odd rounds serve first."""
+    rounds = []
+    for r in range(args.rounds):
+        if r % 2:
+            served = bench_served(args, carla, world)
+            direct = bench_direct(args)
+        else:
+            direct = bench_direct(args)
+            served = bench_served(args, carla, world)
+        rounds.append({"direct": direct, "served": served,
+                       "ratio": round(served["ticks_per_s"] / direct["ticks_per_s"], 3)})
+    return rounds
+
+
 def bench(args: Args) -> dict:
-    before = bench_direct(args)
     proc, port = _start_server(args.route)
     try:
-        served = bench_served(args, port)
+        with served_world(port) as (carla, world):
+            rounds = paired_rounds(args, carla, world)
     finally:
         _stop_server(proc)
-    after = bench_direct(args)
-    direct = max(before, after, key=lambda r: r["ticks_per_s"])  # the baseline at its best: a fair ratio
-    ratio = served["ticks_per_s"] / direct["ticks_per_s"]
+    served = statistics.median(r["served"]["ticks_per_s"] for r in rounds)
+    direct = statistics.median(r["direct"]["ticks_per_s"] for r in rounds)
+    ratio = served / direct
     return {
-        "protocol": "sync ticks at 0.05 s; per tick apply_control + world.tick + the frame-matched camera image; "
-                    "server in a child process; direct = EmbeddedSimulator.step in this process, the faster of "
-                    "a run before and one after the served loop",
+        "protocol": f"{args.rounds} paired rounds; in each, one episode of {args.ticks} timed ticks (after "
+                    f"{args.warmup}) on each side, back to back: sync ticks at 0.05 s, per tick apply_control + "
+                    "world.tick + the frame-matched camera image, server in a child process; direct = "
+                    "EmbeddedSimulator.step in this process. Figures: medians over the rounds",
         "camera": [args.size, args.size, args.fov],
-        "ticks_per_s_served": served["ticks_per_s"],
-        "ticks_per_s_direct": direct["ticks_per_s"],
+        "ticks_per_s_served": round(served, 2),
+        "ticks_per_s_direct": round(direct, 2),
         "ratio_served_to_direct": round(ratio, 3),
+        "ratio_per_round": [r["ratio"] for r in rounds],
         "target_ratio": TARGET_RATIO,
         "target_met": ratio >= TARGET_RATIO,
-        "served": served,
-        "direct": direct,
-        "direct_runs_ticks_per_s": [before["ticks_per_s"], after["ticks_per_s"]],
+        "frames_matched": sum(r["served"]["frames_matched"] for r in rounds),
+        "frames": sum(r["served"]["frames"] for r in rounds),
+        "rounds": rounds,
     }

@@ -23,6 +23,7 @@ import atexit
 import dataclasses
 import logging
 import math
+import os
 import re
 import signal
 import threading
@@ -88,7 +89,13 @@ T = TypeVar("T")
 
 
 def import_carla() -> ModuleType:
-    """The ``carla`` client module, or an error naming the extra that installs it."""
+    """The ``carla`` client module, or an error naming the extra that installs it.
+
+    The 0.9.16 client segfaults on import when ``HOME`` is unset (it reads it for its map cache), as under
+    ``env -i``, cron or some CI runners: ``HOME`` then gets the user's home from the password database.
+    """
+    if not os.environ.get("HOME"):
+        os.environ["HOME"] = os.path.expanduser("~")
     try:
         import carla
     except ImportError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -98,6 +99,17 @@ def test_missing_carla_package_names_the_extra(monkeypatch):
         import_carla()
     with pytest.raises(DependencyNotInstalled, match=r"carla==0\.9\.16"):
         CarlaSimulator()
+
+
+def test_import_carla_survives_an_unset_home():
+    """The real 0.9.16 client segfaults on import without HOME (as under ``env -i``); import_carla sets it."""
+    code = ("import os; from sim.carla_backend import import_carla; carla = import_carla(); "
+            "carla.Client('127.0.0.1', 1); print(os.environ['HOME'])")
+    env = {k: v for k, v in os.environ.items() if k != "HOME"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == pwd.getpwuid(os.getuid()).pw_dir
 
 
 # -- configuration ----------------------------------------------------------------------------------------
