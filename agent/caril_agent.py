@@ -91,6 +91,11 @@ class CarilAgent(Policy):
         self._graphed: dict[tuple, GraphedForward] = {}  # per frame shape
         self._use_graphs = self.cfg.cuda_graphs and self.device.type == "cuda"
 
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """Whether ``act`` replays CUDA graphs: asked for, on a GPU, and no capture has failed so far."""
+        return self._use_graphs
+
     def reset(self, route: Route | None = None) -> None:
         """New episode: the correction's random generator restarts from ``seed``, so episodes reproduce."""
         self.speed.reset()

@@ -81,7 +81,7 @@ def _time_agent(path: Path, frames: list, args: Args, device: str, cuda_graphs: 
         parts.append((rec["preprocess_ms"], rec["network_ms"], rec["correction_ms"]))
     parts_arr = np.array(parts)
     p50 = np.percentile(parts_arr, 50, axis=0)
-    return {"device": str(agent.device), "cuda_graphs": agent._use_graphs,
+    return {"device": str(agent.device), "cuda_graphs": agent.uses_cuda_graphs,
             "act_p50_ms": round(float(np.percentile(act, 50)), 4),
             "act_p99_ms": round(float(np.percentile(act, 99)), 4), "preprocess_p50_ms": round(float(p50[0]), 4),
             "network_p50_ms": round(float(p50[1]), 4), "correction_p50_ms": round(float(p50[2]), 4),

@@ -58,7 +58,7 @@ def test_the_fast_path_drives_like_the_eager_agent(checkpoint, observations):
 
 
 def test_cuda_graphs_are_off_on_the_cpu(checkpoint):
-    assert not CarilAgent(checkpoint, CarilAgentConfig(device="cpu", cuda_graphs=True))._use_graphs
+    assert not CarilAgent(checkpoint, CarilAgentConfig(device="cpu", cuda_graphs=True)).uses_cuda_graphs
 
 
 def test_a_failed_capture_keeps_the_agent_driving(checkpoint, observations, monkeypatch, caplog):
@@ -71,7 +71,7 @@ def test_a_failed_capture_keeps_the_agent_driving(checkpoint, observations, monk
     with caplog.at_level(logging.WARNING, logger="agent.caril_agent"):
         control, record = agent.act(observations[0])
     assert record["fallback"] == "" and control.brake == 0.0
-    assert not agent._use_graphs and "CUDA graph capture failed (RuntimeError" in caplog.text
+    assert not agent.uses_cuda_graphs and "CUDA graph capture failed (RuntimeError" in caplog.text
     _, again = agent.act(observations[1])  # eager from now on, no second attempt
     assert again["fallback"] == "" and caplog.text.count("capture failed") == 1
 
