@@ -154,6 +154,9 @@ class CarilAgent(Policy):
         if rec.rule == "fallback_invalid":
             return SAFE_STOP, self._fallback(rec.reason, steer_reg, probs)
         steer = float(np.clip(rec.steer / self.ckpt.steer_scale, -1.0, 1.0))
+        if not _finite_number(observation.speed_mps):
+            return SAFE_STOP, self._fallback(f"speed reading {observation.speed_mps!r} m/s is not a finite number",
+                                             steer_reg, probs)
         throttle, brake = self.speed(self.target_speed(steer), observation.speed_mps)
         record = {**rec.to_dict(), "correction": self.correction, "steer_command": steer,
                   "steer_scale": self.ckpt.steer_scale, "steer_classification": self._expected_steer(probs),
@@ -184,3 +187,11 @@ class CarilAgent(Policy):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "checkpoint": str(self.ckpt.path), **self.cfg.to_dict()}
+
+
+def _finite_number(value: Any) -> bool:
+    """Whether ``value`` is a real, finite number (a speed reading the PI controller can use)."""
+    try:
+        return math.isfinite(value)
+    except TypeError:
+        return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -32,9 +34,13 @@ class SpeedController:
         self.integral = 0.0
 
     def __call__(self, target_mps: float, speed_mps: float) -> tuple[float, float]:
-        """(throttle, brake) in [0, 1] that drive ``speed_mps`` towards ``target_mps``."""
+        """(throttle, brake) in [0, 1] that drive ``speed_mps`` towards ``target_mps``. A speed or target that
+        is not finite (a broken sensor reading) gives full brake and leaves the integral as it was, so one bad
+        reading cannot poison the ticks after it."""
         cfg = self.cfg
         err = target_mps - speed_mps
+        if not math.isfinite(err):
+            return 0.0, 1.0
         self.integral = float(np.clip(self.integral + err * self.dt_s, -cfg.integral_limit, cfg.integral_limit))
         if err < -cfg.brake_deadband_mps:
             return 0.0, float(np.clip(-cfg.brake_kp * err, 0.0, 1.0))

@@ -115,6 +115,29 @@ def test_bad_frames_brake_safely(checkpoint, observation, image):
     assert record["rule"] == "fallback_safe_stop" and "FrameError" in record["fallback"]
 
 
+@pytest.mark.parametrize("speed", [float("nan"), float("inf"), None])
+def test_bad_speed_reading_brakes_once_and_does_not_poison_later_ticks(checkpoint, observation, speed):
+    agent = CarilAgent(checkpoint, CarilAgentConfig(device="cpu"))
+    agent.reset()
+    good = dataclasses.replace(observation, speed_mps=3.0)
+    expected = [agent.act(good)[0] for _ in range(2)]
+    agent.reset()
+    control, record = agent.act(dataclasses.replace(observation, speed_mps=speed))
+    assert control == SAFE_STOP and record["rule"] == "fallback_safe_stop"
+    assert f"speed reading {speed!r} m/s is not a finite number" in record["fallback"]
+    assert [agent.act(good)[0] for _ in range(2)] == expected  # the PI integral was left untouched
+
+
+def test_speed_controller_brakes_on_a_non_finite_reading():
+    from agent.control import SpeedController
+
+    pid = SpeedController()
+    assert pid(8.0, float("nan")) == (0.0, 1.0) and pid(float("inf"), 2.0) == (0.0, 1.0)
+    assert pid.integral == 0.0
+    throttle, brake = pid(8.0, 3.0)
+    assert throttle > 0.0 and brake == 0.0 and pid.integral == pytest.approx(5.0 * 0.05)
+
+
 def test_speed_eases_off_in_turns(checkpoint):
     agent = CarilAgent(checkpoint, CarilAgentConfig(device="cpu"))
     assert agent.target_speed(0.0) == 8.0
