@@ -96,7 +96,7 @@ def open_dataset(root: str | Path, preprocess: PreprocessConfig, check: str = "s
     truncated episodes are named. Every episode must have the same camera size (one network input per
     dataset), and the preprocessing crop must fit it.
     """
-    roots = [Path(r) for r in str(root).split(",") if r.strip()]
+    roots = data_roots(root)
     for folder in roots:
         report = check_dataset(folder, decode=check, sample=2)
         if not report.ok:
@@ -128,6 +128,21 @@ def open_dataset(root: str | Path, preprocess: PreprocessConfig, check: str = "s
     return index
 
 
+def data_roots(data: str | Path) -> list[Path]:
+    """The dataset folders ``data`` names (comma-separated, blanks around names ignored); a folder named twice,
+    however spelled, is an error (its episodes would be trained on twice, and validated on as well)."""
+    roots = [Path(r.strip()) for r in str(data).split(",") if r.strip()]
+    if not roots:
+        raise UsageError(f"--data {str(data)!r} names no dataset folder; give one, or several separated by commas")
+    seen: dict[Path, Path] = {}
+    for folder in roots:
+        if folder.resolve() in seen:
+            raise UsageError(f"--data names the dataset {seen[folder.resolve()]} twice (also as {folder}); "
+                             "give each dataset once")
+        seen[folder.resolve()] = folder
+    return roots
+
+
 @dataclass(frozen=True)
 class Split:
     """Training and validation frames, and the episode files on each side (never the same file on both)."""
@@ -139,19 +154,30 @@ class Split:
 
 
 def split_by_episode(index: DatasetIndex, frames: LabeledFrames, val_fraction: float, seed: int) -> Split:
-    """Hold out ``max(1, round(val_fraction * episodes))`` whole episodes for validation, chosen by ``seed``."""
+    """Hold out ``max(1, round(val_fraction * episodes))`` whole episodes for validation, chosen by ``seed``.
+
+    Several datasets (``--data a,b``) are split one by one, so the first splits exactly as alone; an episode
+    of a later dataset that replays a scenario (route, weather, seed) of an earlier one, as a DAgger
+    recording with the same ``--seed`` does, goes to that episode's side, so no scenario is on both sides.
+    """
     if not 0.0 < val_fraction < 1.0:
         raise UsageError(f"validation fraction {val_fraction} must be in (0, 1), e.g. 0.2")
     n = len(index.entries)
     if n < 2:
         raise DatasetError(f"dataset {index.root} has {n} episode(s); a train/validation split by episode needs "
                            "at least 2: record more with caril collect --resume --episodes N")
-    keys = [int(np.random.SeedSequence([seed, *([e["source"]] if e.get("source") else []), int(e["index"])])
-                .generate_state(1)[0]) for e in index.entries]  # one dataset: the keys of earlier versions
-    order = np.argsort(np.asarray(keys, np.uint64), kind="stable")
-    n_val = min(n - 1, max(1, round(val_fraction * n)))
     is_val = np.zeros(n, bool)
-    is_val[order[:n_val]] = True
+    held_out: dict[tuple, bool] = {}  # scenario -> on the validation side, from the datasets split so far
+    for source in dict.fromkeys(e.get("source", 0) for e in index.entries):
+        members = [i for i, e in enumerate(index.entries) if e.get("source", 0) == source]
+        is_val[members] = _held_out(index.entries, members, val_fraction, seed)
+        for i in members:
+            is_val[i] = held_out.get(_scenario(index.entries[i]), is_val[i])
+        held_out.update((_scenario(index.entries[i]), bool(is_val[i])) for i in members
+                        if None not in _scenario(index.entries[i]))
+    if not is_val.any():
+        raise DatasetError(f"no episode of {index.root} is left for validation: each dataset needs 2 episodes "
+                           "or more; record more with caril collect --resume --episodes N")
     frame_is_val = is_val[index.episode_ids()[frames.indices]] if len(frames) else np.zeros(0, bool)
     train, val = frames.subset(~frame_is_val), frames.subset(frame_is_val)
     files = [e["file"] for e in index.entries]
@@ -163,6 +189,23 @@ def split_by_episode(index: DatasetIndex, frames: LabeledFrames, val_fraction: f
                                f"({len(frames)} frames kept of {len(index)}); record more episodes or relax "
                                "--steer-limit")
     return split
+
+
+def _held_out(entries: list[dict], members: list[int], val_fraction: float, seed: int) -> np.ndarray:
+    """Which of one dataset's episodes ``members`` are held out: the first ``max(1, round(val_fraction * n))``
+    (at most n - 1) in the order of their seeded keys (a lone episode trains)."""
+    keys = [int(np.random.SeedSequence([seed, *([entries[i]["source"]] if entries[i].get("source") else []),
+                                        int(entries[i]["index"])]).generate_state(1)[0]) for i in members]
+    order = np.argsort(np.asarray(keys, np.uint64), kind="stable")
+    out = np.zeros(len(members), bool)
+    out[order[:min(len(members) - 1, max(1, round(val_fraction * len(members))))]] = True
+    return out
+
+
+def _scenario(entry: dict) -> tuple:
+    """What an episode replays: its route, weather and seed (None where the manifest does not say; such
+    episodes are never matched)."""
+    return entry.get("route"), entry.get("weather"), entry.get("seed")
 
 
 # --- the dataset --------------------------------------------------------------------------------------------

@@ -516,8 +516,9 @@ class DatasetIndex:
     @classmethod
     def concat(cls, roots: list[str | Path], max_open: int = 64) -> DatasetIndex:
         """One index over several datasets recorded alike (same features and rate), e.g. the expert's and a
-        DAgger recording: episodes of later roots follow the first root's, named ``<root>/<file>`` and marked
-        with their root's position (``source``), so their split keys differ from the first root's. One root
+        DAgger recording: episodes of later roots follow the first root's, named ``<root>/<file>`` (the root as
+        an absolute path, so a run resumes however the path is spelled) and marked with their root's position
+        (``source``), so their split keys differ from the first root's. One root
         gives exactly ``DatasetIndex(root)``."""
         first = cls(roots[0], max_open)
         for pos, root in enumerate(roots[1:], start=1):
@@ -525,7 +526,8 @@ class DatasetIndex:
             if other.features != first.features or not np.isclose(other.fps, first.fps):
                 raise DatasetError(f"{root} was recorded with other features or another rate than {first.root}; "
                                    "only datasets recorded alike can be trained on together")
-            first.entries += [{**e, "file": f"{other.root}/{e['file']}", "source": pos} for e in other.entries]
+            first.entries += [{**e, "file": f"{other.root.resolve()}/{e['file']}", "source": pos}
+                              for e in other.entries]
             first.readers += other.readers
             first.lengths = np.concatenate([first.lengths, other.lengths])
         first.starts = np.concatenate([[0], np.cumsum(first.lengths)]).astype(np.int64)

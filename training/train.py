@@ -664,8 +664,11 @@ def resume(loop: Loop) -> list[dict[str, Any]]:
         raise CheckpointError(f"{last / STATE_FILE} does not fit this model's optimizer ({e}); start again") from None
     metrics_path = loop.run / "metrics.json"
     history = json.loads(metrics_path.read_text())["epochs"] if metrics_path.is_file() else []
+    history = [m for m in history if m["epoch"] <= ts.epoch]
+    if not any(m["epoch"] == ts.epoch for m in history):  # killed after the checkpoint, before metrics.json
+        history.append({**ckpt.meta.get("metrics", {}), "epoch": ts.epoch})
     restore_rng_states(ts.rng_states)  # last: building the model and loaders drew from the generators
-    return [m for m in history if m["epoch"] <= ts.epoch]
+    return history
 
 
 def _split_record(split: Split) -> dict[str, list[str]]:

@@ -2,7 +2,9 @@
 and one clear error for empty, corrupt and mixed-size datasets."""
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 
 from agent.bins import SteeringBins
 from agent.preprocess import PreprocessConfig, preprocess_frame, to_tensor_normalised
+from sim.errors import UsageError
 from sim.types import CameraConfig
 from tests.tiny_dataset import record
 from training.collect import CollectConfig, CollectJob
@@ -218,21 +221,56 @@ def test_several_datasets_train_together(tmp_path, data_root, index):
     both = open_dataset(f"{data_root},{other}", PRE)
     alone = DatasetIndex(other)
     assert len(both) == len(index) + len(alone) and len(both.entries) == 5
-    assert [e["file"] for e in both.entries[3:]] == [f"{other}/{e['file']}" for e in alone.entries]
+    assert [e["file"] for e in both.entries[3:]] == [f"{other.resolve()}/{e['file']}" for e in alone.entries]
     assert np.array_equal(both.column("action/expert"),
                           np.concatenate([index.column("action/expert"), alone.column("action/expert")]))
     assert np.array_equal(both.image(len(index)), alone.image(0))  # the first frame of the second dataset
+
     def key(seed, *parts):
         return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0])
 
     frames_both = label_dataset(both, LabelOptions())
-    for seed in range(6):  # one dataset keeps the keys it always had; a later one adds its position
+    first = [e["file"] for e in index.entries]
+    for seed in range(6):  # each dataset splits on its own: the first exactly as alone, with the keys it had
         solo = split_by_episode(index, label_dataset(index, LabelOptions()), 0.4, seed)
         keys = {e["file"]: key(seed, e["index"]) for e in index.entries}
         assert list(solo.val_episodes) == sorted(keys, key=keys.get)[:1]
         split = split_by_episode(both, frames_both, 0.4, seed)
-        keys.update({e["file"]: key(seed, 1, e["index"]) for e in both.entries[3:]})
-        assert set(split.val_episodes) == set(sorted(keys, key=keys.get)[:2])
+        assert [f for f in split.val_episodes if f in first] == list(solo.val_episodes)
+        later = {e["file"]: key(seed, 1, e["index"]) for e in both.entries[3:]}  # 2 episodes: 1 held out
+        assert [f for f in split.val_episodes if f not in first] == sorted(later, key=later.get)[:1]
+
+
+def test_a_replayed_scenario_stays_on_its_twins_side(tmp_path, data_root, index):
+    """A DAgger-style recording with the expert data's --seed replays its scenarios (route, weather, seed):
+    each such episode goes to its twin's side, so no scenario is validated on and trained on."""
+    twin = record(tmp_path / "twin", episodes=3, seed=1)  # the data_root fixture's plan
+    both = open_dataset(f"{data_root},{twin}", PRE)
+    frames = label_dataset(both, LabelOptions())
+    scenario = [(e["route"], e["weather"], e["seed"]) for e in both.entries]
+    assert scenario[:3] == scenario[3:]
+    for seed in range(6):
+        split = split_by_episode(both, frames, 0.4, seed)
+        val = [e["file"] in split.val_episodes for e in both.entries]
+        assert val[:3] == val[3:] and sum(val) == 2
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (",", "names no dataset folder"), (" , ", "names no dataset folder"),
+    ("{a},{a}", "names the dataset {a} twice"), ("{a},{a}/../{name}", "twice"),
+])
+def test_data_names_each_dataset_once(data_root, data, message):
+    a = str(data_root)
+    data, message = (t.format(a=a, name=Path(a).name) for t in (data, message))
+    with pytest.raises(UsageError, match=re.escape(message)):
+        open_dataset(data, PRE)
+
+
+def test_blanks_around_dataset_names_are_ignored(data_root, index):
+    assert [e["file"] for e in open_dataset(f" {data_root} ", PRE).entries] == [e["file"] for e in index.entries]
+
+
+def test_datasets_recorded_differently_are_refused(tmp_path, data_root):
     wide = record(tmp_path / "wide", episodes=1, width=48, height=64, frames=10)
     with pytest.raises(DatasetError, match="recorded with other features or another rate"):
         open_dataset(f"{data_root},{wide}", PRE)

@@ -175,6 +175,18 @@ def test_resumed_run_continues_with_identical_state(straight, interrupted, tmp_p
         [{k: v for k, v in m.items() if k not in drop} for m in mb]
 
 
+def test_resume_after_a_kill_between_checkpoint_and_metrics_keeps_the_epoch(interrupted, tmp_path):
+    """Killed after last/ was saved but before metrics.json was written: the epoch's entry is rebuilt from
+    the checkpoint's metadata, and the resumed run finishes (no StopIteration on the best epoch)."""
+    run = copy_run(interrupted, tmp_path / "killed")
+    (run / "metrics.json").unlink()
+    val_loss = load_checkpoint(run / "last").meta["metrics"]["val_loss"]
+    result = train(tiny(interrupted.data, run, resume=True))
+    epochs = json.loads((run / "metrics.json").read_text())["epochs"]
+    assert result.epochs_completed == 2 and [m["epoch"] for m in epochs] == [1, 2]
+    assert epochs[0]["val_loss"] == val_loss
+
+
 def test_nan_loss_stops_with_one_error_and_keeps_the_last_good_checkpoint(interrupted, tmp_path):
     run = copy_run(interrupted, tmp_path / "nan")
     before = {p.name: p.read_bytes() for p in (run / "last").iterdir()}
