@@ -200,7 +200,7 @@ def record_episode(sim: Simulator, plan: EpisodePlan, config: CollectConfig, rec
     if config.driver.is_expert:
         policy: Policy = NoisyPolicy(expert, noise)
     else:  # DAgger: the agent drives (noise on its steering), the expert labels every state it reaches
-        policy = ExpertLabelled(NoisyPolicy(learner(config.driver), noise), expert)
+        policy = ExpertLabelled(NoisyPolicy(learner(config.driver, plan.seed, sim.dt_s), noise), expert)
     recorder.start_episode(plan.index, episode_attrs(sim, plan, config, expert))
     try:
         # the route goes by name: each backend resolves it on its own map

@@ -76,13 +76,18 @@ class ExpertLabelled(Policy):
         return {"driver": self.driver.config(), "labels": self.expert.config()}
 
 
-def learner(config: DriverConfig) -> Policy:
-    """The agent that drives for ``config`` (loaded once per process and checkpoint)."""
-    return _load_agent(str(resolve_checkpoint(config.checkpoint)), config.correction)
+def learner(config: DriverConfig, seed: int, dt_s: float) -> Policy:
+    """The agent that drives for ``config`` in an episode of ``seed`` stepped every ``dt_s`` seconds (loaded
+    once per process and checkpoint): the ``caril`` rule's draws repeat for the episode's seed and differ
+    between episodes, and the speed controller integrates over the simulator's step."""
+    agent = _load_agent(str(resolve_checkpoint(config.checkpoint)), config.correction)
+    agent.seed = seed
+    agent.speed.dt_s = dt_s
+    return agent
 
 
 @lru_cache(maxsize=4)
-def _load_agent(checkpoint: str, correction: str) -> Policy:
+def _load_agent(checkpoint: str, correction: str) -> Any:
     from agent.caril_agent import CarilAgent, CarilAgentConfig
 
     return CarilAgent(checkpoint, CarilAgentConfig(correction=correction))

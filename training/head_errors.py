@@ -38,13 +38,17 @@ HEAD_COLUMNS = ("steer_regression", "steer_classification", "steer", "steer_expe
 
 def read_head_columns(path: Path) -> np.ndarray:
     """(ticks, 4) array of :data:`HEAD_COLUMNS` from a decisions CSV, rows with any NaN (a fallback tick, no
-    expert) dropped; (0, 4) when the file predates these columns."""
+    expert) dropped; (0, 4) when the file predates these columns. The regression head's raw value is clipped
+    to [-1, 1], the range of the labels, of the expert column and of every correction's output, so that each
+    head is scored on what it could command."""
     with path.open(newline="") as f:
         records = list(csv.DictReader(f))
     if not records or any(c not in records[0] for c in HEAD_COLUMNS):
         return np.empty((0, len(HEAD_COLUMNS)))
     data = np.array([[_float(r[c]) for c in HEAD_COLUMNS] for r in records], dtype=np.float64)
-    return data[np.isfinite(data).all(axis=1)]
+    data = data[np.isfinite(data).all(axis=1)]
+    data[:, 0] = np.clip(data[:, 0], -1.0, 1.0)
+    return data
 
 
 def head_stats(data: np.ndarray) -> dict[str, Any]:

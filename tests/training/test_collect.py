@@ -213,17 +213,22 @@ def small_checkpoint(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), command_branches=True, steer_scale=4.0)
 
 
-def test_dagger_the_agent_drives_and_the_expert_labels_every_state_it_reaches(tmp_path, small_checkpoint):
-    """Replay: the executed controls are the agent's, the labels the expert's in the states the agent reached."""
-    driver = DriverConfig("caril", str(small_checkpoint), "regression")
-    config = tiny(episodes=2, noise=NoiseConfig(enabled=False), driver=driver)
+@pytest.mark.parametrize(("correction", "dt_s"), [("regression", 0.05), ("caril", 0.1)])
+def test_dagger_the_agent_drives_and_the_expert_labels_every_state_it_reaches(tmp_path, small_checkpoint,
+                                                                             correction, dt_s):
+    """Replay: the executed controls are the agent's (its caril draws seeded by the episode's seed, its speed
+    control stepped at the simulator's dt), the labels the expert's in the states the agent reached."""
+    driver = DriverConfig("caril", str(small_checkpoint), correction)
+    config = tiny(episodes=2, noise=NoiseConfig(enabled=False), driver=driver, dt_s=dt_s)
     collect(tmp_path / "d", config)
     assert json.loads((tmp_path / "d" / "config.json").read_text())["driver"] == driver.to_dict()
-    sim = EmbeddedSimulator(camera=CAMERA)
+    sim = EmbeddedSimulator(camera=CAMERA, dt_s=dt_s)
     for entry in read_manifest(tmp_path / "d")["episodes"]:
         reader = EpisodeReader(tmp_path / "d" / entry["file"])
         assert reader.attrs["driver"] == driver.to_dict()
-        agent = CarilAgent(small_checkpoint, CarilAgentConfig(correction="regression", device="cpu"))
+        agent = CarilAgent(small_checkpoint, CarilAgentConfig(correction=correction, device="cpu",
+                                                               seed=entry["seed"]))
+        agent.speed.dt_s = dt_s
         expert = ExpertPolicy(dt_s=sim.dt_s)
         obs = sim.reset(entry["route"], entry["weather"], entry["seed"])
         agent.reset(sim.route)

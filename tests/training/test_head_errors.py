@@ -50,10 +50,11 @@ def test_no_ticks_give_no_statistics():
 def test_reading_drops_fallback_ticks_and_ignores_files_without_the_columns(tmp_path):
     nan = float("nan")
     rows = [(0.05, 0.1, 0.1, 0.6, 1.2, "regression", 0.12, 0.2), (0.1, nan, 0.0, nan, nan, "fallback", nan, nan),
-            (0.15, -0.1, -0.1, 0.5, 1.3, "regression", -0.2, -0.15)]
+            (0.15, -0.1, -0.1, 0.5, 1.3, "regression", -0.2, -0.15),
+            (0.2, 1.7, 1.0, 0.5, 1.3, "regression", 0.9, 1.0)]  # a raw regression beyond the labels' range
     write_table(tmp_path / "new.csv", DECISION_COLUMNS, rows)
     data = read_head_columns(tmp_path / "new.csv")
-    assert data.tolist() == [[0.1, 0.12, 0.1, 0.2], [-0.1, -0.2, -0.1, -0.15]]
+    assert data.tolist() == [[0.1, 0.12, 0.1, 0.2], [-0.1, -0.2, -0.1, -0.15], [1.0, 0.9, 1.0, 1.0]]
     write_table(tmp_path / "old.csv", DECISION_COLUMNS[:6], [r[:6] for r in rows])  # before the columns existed
     assert read_head_columns(tmp_path / "old.csv").shape == (0, len(HEAD_COLUMNS))
 
