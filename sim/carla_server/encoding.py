@@ -131,6 +131,8 @@ def decode_request(message: Any) -> Request:
     if not isinstance(message, list) or len(message) != 4 or message[0] != REQUEST:
         raise ValueError(f"not a msgpack-rpc request: {message!r:.80}")
     _, msgid, name, params = message
+    if not isinstance(params, list) or not isinstance(msgid, int):
+        raise ValueError(f"not a msgpack-rpc request: {message!r:.80}")
     params = list(params)
     asynchronous = False
     if params and isinstance(params[0], list) and len(params[0]) == 1 and isinstance(params[0][0], bool):

@@ -109,11 +109,10 @@ class RpcServer:
             return encode_rpc_error(msgid if isinstance(msgid, int) else 0, str(e))
         log.debug("call %s %.200r", request.name, request.args)
         try:
-            result = self.handler(request)
+            return encode_response(request.msgid, self.handler(request))
         except Exception as e:  # every failure becomes the client's RuntimeError, never a silent hang
             log.exception("call %s failed", request.name)
-            result = response_error(f"caril serve: {request.name} failed: {e}")
-        return encode_response(request.msgid, result)
+            return encode_response(request.msgid, response_error(f"caril serve: {request.name} failed: {e}"))
 
 
 def _shutdown(sock: socket.socket) -> None:

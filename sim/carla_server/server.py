@@ -60,19 +60,26 @@ class CarlaServer:
             send(self.world.last_state)
 
     def _run_ticker(self) -> None:
-        """Advance the asynchronous world in real time; idle while it is synchronous."""
+        """Advance the asynchronous world in real time; idle while it is synchronous. It waits on the world's
+        ``changed`` condition, so new settings (or :meth:`close`) take effect at once, and a tick that fails
+        is logged and the world goes on."""
         world = self.world
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            with world.lock:
+        with world.lock:
+            last = time.monotonic()  # when the last tick was due
+            while not self._stop.is_set():
                 if world.settings.synchronous_mode:
                     world.changed.wait(0.5)
-                    next_at = time.monotonic()
+                    last = time.monotonic()
                     continue
-                world.tick()
-                period = world.delta_s
-            next_at = max(next_at + period, time.monotonic() - period)
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
+                due, now = last + world.delta_s, time.monotonic()
+                if due > now:
+                    world.changed.wait(due - now)
+                    continue
+                try:
+                    world.tick()
+                except Exception:
+                    log.exception("an asynchronous tick failed; the world goes on")
+                last = due if now - due < world.delta_s else now  # late by a whole step: no burst to catch up
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until :meth:`close` (True) or ``timeout_s`` seconds (False)."""

@@ -251,7 +251,7 @@ class CarlaService:
     def rpc_is_traffic_manager_running(self, port: int) -> list:
         entry = self.traffic_managers.get(int(port))
         if entry is not None and not _reachable(*entry):  # its client died without unregistering it
-            del self.traffic_managers[int(port)]
+            self.traffic_managers.pop(int(port), None)  # another connection may have dropped it already
             entry = None
         return response_ok(entry is not None)
 

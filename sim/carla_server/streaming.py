@@ -3,8 +3,11 @@
 A client opens one TCP connection per stream it subscribes to, writes the stream id (u32 little-endian)
 and from then on only reads messages framed as ``u32 length | payload``; closing the connection is how it
 unsubscribes (``sensor.stop()``). :meth:`StreamServer.publish` writes one message to every subscriber of a
-stream from the caller's thread (no hand-off: a tick's data is on the wire when ``tick`` returns); a
-subscriber that stops reading for :data:`SEND_TIMEOUT_S` is dropped.
+stream from the caller's thread with one non-blocking ``sendmsg`` (no hand-off: a tick's data is normally on
+the wire when ``tick`` returns). A subscriber that reads slowly never holds up the world or other clients,
+as in CARLA: what its socket cannot take now waits in its backlog, which a writer thread of its own drains;
+past :data:`MAX_BACKLOG_BYTES` new messages for it are dropped (with a warning), and one that reads nothing
+for :data:`SEND_TIMEOUT_S` is disconnected.
 
 Subscribing races with ticking (data sent before the connection lands is lost, as in CARLA). Tokens handed
 out by ``get_sensor_token`` are remembered as pending until their connection arrives, and
@@ -15,9 +18,11 @@ after ``listen()`` is not lost.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from sim.carla_server.encoding import STREAM_LENGTH
@@ -27,34 +32,100 @@ log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 5.0
 HELLO_TIMEOUT_S = 5.0
+HANGUP_POLL_S = 1.0  # how often a subscriber's hang-up watch looks at whether the server is closing
 SEND_BUFFER_BYTES = 8 << 20
+MAX_BACKLOG_BYTES = 64 << 20  # per subscriber: about 80 frames of 448x448 BGRA waiting for a slow reader
 
 
 class _Subscriber:
+    """One subscription's non-blocking socket, and the messages (or the rest of one) it has not taken yet."""
+
     def __init__(self, sock: socket.socket, stream_id: int) -> None:
         self.sock, self.stream_id = sock, stream_id
         self.lock = threading.Lock()
         self.alive = True
+        self.backlog: deque[list[memoryview]] = deque()  # unsent views of whole messages, oldest first
+        self.backlog_bytes = 0
+        self.dropped = 0
 
     def send(self, parts: tuple[bytes | memoryview, ...]) -> bool:
-        """Write one framed message; False (and the subscriber is dead) when the socket fails."""
+        """Frame and send one message; what the socket cannot take now goes to the backlog, drained by a
+        writer thread. False (and the subscriber is dead) when the socket has failed."""
         body = [memoryview(p).cast("B") for p in parts]
-        views = [memoryview(STREAM_LENGTH.pack(sum(v.nbytes for v in body))), *body]
+        size = sum(v.nbytes for v in body)
+        views = [memoryview(STREAM_LENGTH.pack(size)), *body]
         with self.lock:
             if not self.alive:
                 return False
+            if self.backlog:  # a writer is draining: queue behind it, in order
+                self._queue(views, size)
+                return True
             try:
-                while views:
-                    sent = self.sock.sendmsg(views)
-                    while sent and views:
-                        if sent >= len(views[0]):
-                            sent -= len(views.pop(0))
-                        else:
-                            views[0], sent = views[0][sent:], 0
+                views = _send_some(self.sock, views)
             except OSError:
                 self.alive = False
                 return False
+            if views:
+                self._queue(views, sum(v.nbytes for v in views))
+                threading.Thread(target=self._drain, name=f"carla-stream-{self.stream_id}-writer",
+                                 daemon=True).start()
         return True
+
+    def _queue(self, views: list[memoryview], size: int) -> None:
+        if self.backlog_bytes + size > MAX_BACKLOG_BYTES and self.backlog:
+            self.dropped += 1
+            if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+                log.warning("stream %d: its reader is %.0f MB behind; %d messages dropped so far", self.stream_id,
+                            self.backlog_bytes / 1e6, self.dropped)
+            return
+        self.backlog.append(views)
+        self.backlog_bytes += size
+
+    def _drain(self) -> None:
+        """Send the backlog as the socket takes it; a reader that takes nothing for SEND_TIMEOUT_S is dropped."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLOUT)
+        while True:
+            if not poller.poll(SEND_TIMEOUT_S * 1000):
+                log.warning("stream %d: its reader took nothing for %g s; disconnected", self.stream_id,
+                            SEND_TIMEOUT_S)
+                break
+            with self.lock:
+                if not self.alive or not self.backlog:
+                    return
+                head = self.backlog[0]
+                before = sum(v.nbytes for v in head)
+                try:
+                    rest = _send_some(self.sock, head)
+                except OSError:
+                    break
+                self.backlog_bytes -= before - sum(v.nbytes for v in rest)
+                if rest:
+                    self.backlog[0] = rest
+                else:
+                    self.backlog.popleft()
+                    if not self.backlog:
+                        return
+        with self.lock:
+            self.alive = False
+            self.backlog.clear()
+        _shutdown(self.sock)
+
+
+def _send_some(sock: socket.socket, views: list[memoryview]) -> list[memoryview]:
+    """Send as much of ``views`` as the non-blocking socket takes now; returns the unsent rest (empty: all)."""
+    views = list(views)
+    while views:
+        try:
+            sent = sock.sendmsg(views)
+        except BlockingIOError:
+            return views
+        while sent and views:
+            if sent >= views[0].nbytes:
+                sent -= views.pop(0).nbytes
+            else:
+                views[0], sent = views[0][sent:], 0
+    return views
 
 
 class StreamServer:
@@ -169,7 +240,7 @@ class StreamServer:
             self._close_socket(conn)
             return
         stream_id = STREAM_LENGTH.unpack(data)[0]
-        conn.settimeout(SEND_TIMEOUT_S)
+        conn.setblocking(False)  # publish never waits on a reader: see _Subscriber
         sub = _Subscriber(conn, stream_id)
         with self._changed:
             self._subscribers.setdefault(stream_id, []).append(sub)
@@ -181,11 +252,13 @@ class StreamServer:
         self._wait_hangup(sub)
 
     def _wait_hangup(self, sub: _Subscriber) -> None:
+        poller = select.poll()
+        poller.register(sub.sock, select.POLLIN)
         while sub.alive:
             try:
-                if not sub.sock.recv(64):
+                if poller.poll(HANGUP_POLL_S * 1000) and not sub.sock.recv(64):
                     break
-            except TimeoutError:
+            except BlockingIOError:
                 continue
             except OSError:
                 break

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 EPISODE_STREAM = 1
 MAX_STEP_S = 0.1  # the dynamics' largest step; longer ticks are split
+MAX_FIXED_DELTA_S = 10.0  # the longest fixed step accepted (100 dynamics steps per tick)
 SPEED_LIMIT_KMH = 30.0
 SEMANTIC_CAR, SEMANTIC_BUILDING = 14, 3
 STATIC_BUILDING = ActorDescription(0, "static.building")
@@ -187,6 +188,17 @@ def compose(parent: Transform, child: Transform) -> Transform:
     return Transform(float(x), float(y), float(z), pitch, yaw, roll)
 
 
+def relative_to(parent: Transform, world: Transform) -> Transform:
+    """The transform relative to ``parent`` whose world transform is ``world`` (the inverse of :func:`compose`)."""
+    rot = carla_rotation(parent.pitch, parent.yaw, parent.roll)
+    x, y, z = rot.T @ (np.array([world.x, world.y, world.z]) - np.array([parent.x, parent.y, parent.z]))
+    m = rot.T @ carla_rotation(world.pitch, world.yaw, world.roll)
+    pitch = math.degrees(math.asin(max(-1.0, min(1.0, m[2, 0]))))
+    yaw = math.degrees(math.atan2(m[1, 0], m[0, 0]))
+    roll = math.degrees(math.atan2(-m[2, 1], m[2, 2]))
+    return Transform(float(x), float(y), float(z), pitch, yaw, roll)
+
+
 # -- the world --------------------------------------------------------------------------------------------
 
 
@@ -244,7 +256,11 @@ class World:
 
     def apply_settings(self, settings: EpisodeSettings) -> int:
         """New world settings; returns the frame they apply from (already published)."""
-        if settings.fixed_delta_seconds is not None and settings.fixed_delta_seconds <= 0:
+        delta = settings.fixed_delta_seconds
+        if delta is not None and not (delta <= MAX_FIXED_DELTA_S):  # NaN fails this too
+            raise UsageError(f"fixed_delta_seconds={delta} is not a step caril serve can take: use a finite value "
+                             f"up to {MAX_FIXED_DELTA_S:g} s (0.05 is CARLA's usual), or None for a variable step")
+        if delta is not None and delta <= 0:
             settings = replace(settings, fixed_delta_seconds=None)
         with self.lock:
             self.settings = settings
@@ -334,14 +350,22 @@ class World:
             self.get(actor_id, Vehicle).control = control
 
     def set_transform(self, actor_id: int, transform: Transform) -> None:
-        """Teleport: a vehicle keeps its speed (set it with :meth:`set_target_velocity`)."""
+        """Teleport to the world ``transform``, as CARLA does: a vehicle keeps its speed (set it with
+        :meth:`set_target_velocity`); an attached actor stays attached at the offset that puts it there (an
+        attached camera then renders from its new mount)."""
         with self.lock:
             actor = self.get(actor_id)
+            parent = self.actors.get(actor.parent) if actor.parent else None
+            relative = relative_to(self.world_transform(parent), transform) if parent is not None else transform
+            if isinstance(actor, Camera) and isinstance(parent, Vehicle):
+                t = relative
+                actor.config = replace(actor.config, x_m=t.x, y_m=t.y, z_m=t.z, pitch_deg=t.pitch, yaw_deg=t.yaw,
+                                       roll_deg=t.roll)  # its checks refuse a mount below the ground
             if isinstance(actor, Vehicle):
                 s = actor.state
                 actor.state = VehicleState(transform.x, transform.y, math.radians(transform.yaw), s.speed_mps,
                                            s.wheel_angle_rad)
-            actor.transform = transform
+            actor.transform = relative
 
     def set_location(self, actor_id: int, location: tuple[float, float, float]) -> None:
         with self.lock:
@@ -426,7 +450,9 @@ class World:
             others += [w for w in vehicles if w is not v and convex_overlap(bodies[v.id], bodies[w.id])]
             impulse = VEHICLE_MASS_KG * max(v.state.speed_mps, 0.1)
             contacts += [(v, other, impulse) for other in others]
-            if others and v.physics:  # the body does not pass through: it stays where it was, stopped
+            if others and v.physics and self._was_free(v, before[v.id], vehicles):
+                # the body does not pass through: it stays where it was, stopped (a body teleported into an
+                # obstacle was not free before: it may drive out, reporting contacts until it is)
                 old = before[v.id]
                 v.state = VehicleState(old.x_m, old.y_m, old.yaw_rad, 0.0, v.state.wheel_angle_rad)
         for v in vehicles:
@@ -434,6 +460,12 @@ class World:
             if not v.sticky:
                 v.control = VehicleControl()
         return contacts
+
+    def _was_free(self, v: Vehicle, old: VehicleState, vehicles: list[Vehicle]) -> bool:
+        """Whether ``v``'s body at its pose before this step touched nothing (others at their new poses)."""
+        body = footprint(old.x_m, old.y_m, old.yaw_rad, self.params)
+        return not self.map.collision.hits(body) and not any(
+            w is not v and convex_overlap(body, self._body(w)) for w in vehicles)
 
     def _kinematics(self, v: Vehicle, old: VehicleState, dt: float) -> None:
         s = v.state

@@ -1,0 +1,177 @@
+"""``caril serve`` under misuse: slow stream readers, odd settings, teleports, malformed requests (no client needed)."""
+
+import logging
+import math
+import socket
+import struct
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+
+from sim.carla_server import CarlaServer, streaming
+from sim.carla_server.encoding import ActorDescription, EpisodeSettings, Transform, VehicleControl
+from sim.carla_server.rpc import RpcServer
+from sim.carla_server.streaming import StreamServer
+from sim.errors import UsageError
+
+STREAM = 7
+CAMERA = {"image_size_x": (2, "64"), "image_size_y": (2, "48"), "fov": (3, "90")}
+
+
+def subscribe(server: StreamServer, stream_id: int = STREAM) -> socket.socket:
+    """A raw stream subscription (what the client's streaming library opens); waits until it is registered."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10.0)
+    sock.sendall(struct.pack("<I", stream_id))
+    deadline = time.monotonic() + 5.0
+    while server.subscribers(stream_id) == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert server.subscribers(stream_id) == 1
+    return sock
+
+
+def read_message(sock: socket.socket) -> bytes:
+    def exactly(n):
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            assert chunk, "the stream closed mid-message"
+            data += chunk
+        return data
+
+    return exactly(struct.unpack("<I", exactly(4))[0])
+
+
+@pytest.fixture()
+def streams():
+    s = StreamServer("127.0.0.1", 0)
+    s.start()
+    yield s
+    s.close()
+
+
+def test_a_reader_that_stalls_never_holds_up_publishing_and_gets_whole_messages_in_order(streams, monkeypatch,
+                                                                                        caplog):
+    monkeypatch.setattr(streaming, "MAX_BACKLOG_BYTES", 8 << 20)
+    reader = subscribe(streams)
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    image = np.zeros(1 << 20, np.uint8)  # 1 MiB, a large camera frame
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="sim.carla_server.streaming"):
+        for k in range(40):  # 40 MiB to a reader that takes nothing: far beyond every socket buffer
+            image[:8] = k
+            assert streams.publish(STREAM, struct.pack("<I", k), image) == 1
+    assert time.monotonic() - t0 < 2.0  # each publish returned at once (a blocking send would wait 5 s)
+    assert "its reader is" in caplog.text and "messages dropped" in caplog.text
+    got = [read_message(reader) for _ in range(5)]
+    assert [struct.unpack("<I", m[:4])[0] for m in got] == [0, 1, 2, 3, 4]  # the oldest first, none torn
+    assert all(len(m) == 4 + (1 << 20) and m[4:12] == bytes([i] * 8) for i, m in enumerate(got))
+    reader.close()
+
+
+def test_a_reader_that_takes_nothing_for_the_send_timeout_is_disconnected(streams, monkeypatch):
+    monkeypatch.setattr(streaming, "SEND_TIMEOUT_S", 0.3)
+    reader = subscribe(streams)
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    for _ in range(20):
+        streams.publish(STREAM, np.zeros(1 << 20, np.uint8))
+    deadline = time.monotonic() + 5.0
+    while streams.subscribers(STREAM) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert streams.subscribers(STREAM) == 0
+    reader.close()
+
+
+@pytest.fixture()
+def server():
+    s = CarlaServer(host="127.0.0.1", port=0, streaming_port=0, map_name="one-turn")
+    yield s
+    s.close()
+
+
+def test_a_stalled_camera_reader_does_not_freeze_the_world_or_other_calls(server, monkeypatch):
+    monkeypatch.setattr(streaming, "MAX_BACKLOG_BYTES", 4 << 20)
+    world = server.world
+    car = world.spawn(ActorDescription(1, "vehicle.tesla.model3"), Transform(*world.map.spawn_points[0]))
+    cam = world.spawn(ActorDescription(2, "sensor.camera.rgb", {**CAMERA, "image_size_x": (2, "800"),
+                                                                "image_size_y": (2, "600")}),
+                      Transform(1.5, 0, 2.4, 0, 0, 0), car.id)
+    reader = subscribe(server.streams, cam.stream_id)
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    world.apply_settings(EpisodeSettings(synchronous_mode=True, fixed_delta_seconds=0.05))
+    first = world.frame
+    t0 = time.monotonic()
+    for _ in range(40):  # 40 frames of 1.9 MB for a reader that reads nothing
+        world.tick()
+    assert world.frame == first + 40 and time.monotonic() - t0 < 5.0
+    got = threading.Event()
+    threading.Thread(target=lambda: (world.get(car.id), got.set()), daemon=True).start()
+    assert got.wait(1.0)  # a call that takes the world lock is answered at once
+    reader.close()
+
+
+def test_fixed_delta_seconds_must_be_a_finite_step(server):
+    for bad in (math.inf, math.nan, 11.0):
+        with pytest.raises(UsageError, match="is not a step caril serve can take"):
+            server.world.apply_settings(EpisodeSettings(fixed_delta_seconds=bad))
+    assert server.world.apply_settings(EpisodeSettings(fixed_delta_seconds=0.0)) >= 0  # 0: a variable step
+
+
+def test_the_async_ticker_follows_new_settings_at_once(server):
+    world = server.world
+    world.apply_settings(EpisodeSettings(fixed_delta_seconds=10.0))  # one tick per 10 s of wall time
+    time.sleep(0.2)
+    before = world.frame
+    world.apply_settings(EpisodeSettings(fixed_delta_seconds=0.05))  # back to 20 Hz: no 10 s wait first
+    time.sleep(0.5)
+    assert world.frame - before >= 4
+
+
+def test_set_transform_moves_an_attached_camera_and_it_renders_from_there(server):
+    world = server.world
+    car = world.spawn(ActorDescription(1, "vehicle.tesla.model3"), Transform(*world.map.spawn_points[0]))
+    cam = world.spawn(ActorDescription(2, "sensor.camera.rgb", CAMERA), Transform(1.5, 0, 2.4, 0, 0, 0), car.id)
+    mount = Transform(-6.0, 0.5, 5.0, -20.0, 10.0, 0.0)
+    twin = world.spawn(ActorDescription(3, "sensor.camera.rgb", CAMERA), mount, car.id)
+    target = world.world_transform(twin)
+    world.set_transform(cam.id, target)  # CARLA's set_transform takes a world transform
+    moved = world.world_transform(cam)
+    assert np.allclose([moved.x, moved.y, moved.z, moved.pitch, moved.yaw, moved.roll],
+                       [target.x, target.y, target.z, target.pitch, target.yaw, target.roll], atol=1e-6)
+    assert cam.parent == car.id
+    assert (cam.config.x_m, cam.config.z_m, cam.config.pitch_deg) == pytest.approx((-6.0, 5.0, -20.0))
+    a = world.render(_shot(world, cam))
+    b = world.render(_shot(world, twin))
+    assert np.array_equal(a, b)
+
+
+def _shot(world, cam):
+    from sim.carla_server.world import Shot
+
+    return Shot(cam, *world._view(cam), world.frame, world.elapsed_s, world.world_transform(cam))
+
+
+def test_a_car_teleported_into_a_building_can_drive_out(server):
+    world = server.world
+    car = world.spawn(ActorDescription(1, "vehicle.tesla.model3"), Transform(*world.map.spawn_points[0]))
+    box = world.map.collision.boxes[0]
+    cx, cy = box.mean(axis=0)
+    world.set_transform(car.id, Transform(float(cx), float(cy), 0.3, 0.0, 0.0, 0.0))
+    world.apply_settings(EpisodeSettings(synchronous_mode=True, fixed_delta_seconds=0.05))
+    world.apply_control(car.id, VehicleControl(throttle=1.0))
+    for _ in range(40):
+        world.tick()
+    assert math.hypot(car.state.x_m - cx, car.state.y_m - cy) > 1.0
+
+
+def test_a_malformed_request_is_answered_with_an_error():
+    rpc = RpcServer.__new__(RpcServer)
+    rpc.handler = lambda request: [[1, "never"]]
+    for message in ([0, 7, "version", 5], [0, "x", "version", []], [0, 7]):
+        kind, msgid, error, result = msgpack.unpackb(rpc._answer(message), raw=False)
+        assert kind == 1 and msgid == (7 if message[1:2] == [7] else 0) and "not a msgpack-rpc request" in error
+    rpc.handler = lambda request: object()  # a result msgpack cannot encode: still an answer
+    kind, msgid, error, result = msgpack.unpackb(rpc._answer([0, 9, "version", [[False]]]), raw=False)
+    assert (kind, msgid, error) == (1, 9, None) and "version failed" in result[0][1][0]
