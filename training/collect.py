@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import multiprocessing as mp
+import os
 import queue as queue_module
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -348,6 +349,7 @@ class CollectJob:
             return done
         ctx = mp.get_context("spawn")
         frames = ctx.Queue()
+        recording: dict[int, int] = {}  # worker pid -> the episode index it is recording
         with ctx.Pool(min(self.workers, len(pending)), initializer=_init_worker,
                       initargs=(self.config, str(self.root), self.make_sim, frames)) as pool:
             results = pool.imap_unordered(_record_in_worker, pending)
@@ -355,9 +357,11 @@ class CollectJob:
                 try:
                     entry = results.next(timeout=0.1)
                 except mp.TimeoutError:
-                    _drain(frames, on_frames)
+                    _drain(frames, on_frames, recording)
+                    _check_workers(recording, len(done))
                     continue
-                _drain(frames, on_frames)
+                _drain(frames, on_frames, recording)
+                recording = {pid: i for pid, i in recording.items() if i != entry["index"]}
                 recorder.add_entry(entry)
                 done.append(entry)
                 if on_episode:
@@ -366,14 +370,27 @@ class CollectJob:
         return done
 
 
-def _drain(frames: Any, on_frames: Callable[[int], None] | None) -> None:
+def _drain(frames: Any, on_frames: Callable[[int], None] | None, recording: dict[int, int]) -> None:
+    """Pass the workers' frame counts on; note which episode each worker has started."""
     while True:
         try:
-            n = frames.get_nowait()
+            item = frames.get_nowait()
         except queue_module.Empty:
             return
-        if on_frames:
-            on_frames(n)
+        if isinstance(item, tuple):  # (pid, episode index): a worker started an episode
+            recording[item[0]] = item[1]
+        elif on_frames:
+            on_frames(item)
+
+
+def _check_workers(recording: dict[int, int], finished: int) -> None:
+    """A worker that died mid-episode (killed, out of memory) loses its task: the pool would wait for it
+    forever, so that is an error here (the finished episodes are on disk and in the manifest)."""
+    alive = {p.pid for p in mp.active_children()}
+    for pid, index in recording.items():
+        if pid not in alive:
+            raise CarilError(f"the worker recording episode {index} died (killed, or out of memory?); the "
+                             f"{finished} episodes finished are kept: rerun with --resume to record the rest")
 
 
 _WORKER: dict[str, Any] = {}  # per worker process: its config, recorder and simulator
@@ -389,11 +406,12 @@ def _init_worker(config: CollectConfig, root: str, make_sim: Callable[[CollectCo
 
         torch.set_num_threads(1)  # the same for the driving agent's network
     features = default_features(config.camera.height, config.camera.width)
-    _WORKER.update(config=config, make_sim=make_sim, sim=None,
+    _WORKER.update(config=config, make_sim=make_sim, sim=None, frames=frames,
                    recorder=Recorder(root, config.fps, features, config.codec, progress=frames.put))
 
 
 def _record_in_worker(plan: EpisodePlan) -> dict[str, Any]:
+    _WORKER["frames"].put((os.getpid(), plan.index))  # lets the parent notice if this process dies
     if _WORKER["sim"] is None:
         _WORKER["sim"] = _WORKER["make_sim"](_WORKER["config"])
     return record_episode(_WORKER["sim"], plan, _WORKER["config"], _WORKER["recorder"])

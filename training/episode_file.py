@@ -317,8 +317,9 @@ class EpisodeWriter:
             feat = self.features[key]
             if feat.dtype == "str":
                 f.create_dataset(key, data=np.array(values, dtype=object), dtype=h5py.string_dtype())
-            else:
-                f.create_dataset(key, data=np.asarray(values, dtype=feat.dtype).reshape(-1, *feat.shape))
+            else:  # checksummed: a flipped byte is a read error, not a silently wrong value
+                f.create_dataset(key, data=np.asarray(values, dtype=feat.dtype).reshape(-1, *feat.shape),
+                                 fletcher32=True)
         meta = {**self.attrs, **(attrs or {}), "format": FORMAT, "format_version": FORMAT_VERSION,
                 "num_frames": self.num_frames, "features": features_to_dict(self.features)}
         json_keys = sorted(k for k, v in meta.items() if isinstance(v, (dict, list, tuple)))
@@ -599,7 +600,8 @@ def check_episode(path: str | Path, decode: str = "all", sample: int = 8, seed: 
     """Problems of one episode file (an empty list when it is sound); never raises.
 
     Checks that it opens, has the required attributes and every feature's dataset, that all lengths equal
-    ``num_frames``, and decodes images: ``decode="all"`` every frame, ``"sample"`` the first, the last and
+    ``num_frames``, that the numeric columns read (files written since their checksums were added verify
+    them) and their floats are finite, and decodes images: ``decode="all"`` every frame, ``"sample"`` the first, the last and
     ``sample`` random ones, ``"none"`` none.
     """
     try:
@@ -630,6 +632,11 @@ def _check_open_episode(f: h5py.File, decode: str, sample: int, seed: int) -> li
         elif key in features and features[key].dtype not in ("image", "str") and \
                 f[key].shape[1:] != features[key].shape:
             problems.append(f"dataset {key} has shape {f[key].shape[1:]} per frame, expected {features[key].shape}")
+    if problems:
+        return problems
+    for key, feat in features.items():  # small; reading verifies the checksums of files that have them
+        if feat.dtype.startswith("float") and not np.isfinite(f[key][()]).all():
+            problems.append(f"dataset {key} holds values that are not finite (corrupt data)")
     if problems or decode == "none" or n == 0:
         return problems
     frames = range(n) if decode == "all" else sorted(

@@ -1,6 +1,7 @@
 """The collection job: plan, round trip against a replay, noise labels, determinism, workers, resume."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from training.collect import (
     CollectJob,
     EpisodePlan,
     config_differences,
+    default_simulator,
     episode_seed,
     plan_episodes,
 )
@@ -101,6 +103,38 @@ def test_noise_perturbs_the_executed_steering_only_on_flagged_steps(tmp_path):
     quiet = collect(tmp_path / "q", tiny(episodes=2, max_frames=120, noise=NoiseConfig(enabled=False)))
     assert not quiet.column("action/noise_active").any()
     assert np.array_equal(quiet.column("action/executed"), quiet.column("action/expert"))
+
+
+class DiesOnEpisode:
+    """A simulator factory whose simulator kills its worker process when it starts the episode of ``seed``."""
+
+    def __init__(self, seed):
+        self.seed = seed
+
+    def __call__(self, config):
+        sim = default_simulator(config)
+        reset, target = sim.reset, self.seed
+
+        def dying_reset(route, weather, seed, *args, **kwargs):
+            if seed == target:
+                os._exit(9)  # as if killed: no exception, no cleanup
+            return reset(route, weather, seed, *args, **kwargs)
+
+        sim.reset = dying_reset
+        return sim
+
+
+def test_a_worker_that_dies_mid_episode_is_an_error_and_resume_finishes_the_job(tmp_path):
+    config = tiny(episodes=4)
+    job = CollectJob(config, tmp_path / "d", make_sim=DiesOnEpisode(episode_seed(config.seed, 2)), workers=2)
+    with pytest.raises(CarilError, match=r"the worker recording episode 2 died .* rerun with --resume"):
+        job.run(job.prepare())
+    kept = [e["index"] for e in read_manifest(tmp_path / "d")["episodes"]]
+    assert 2 not in kept
+    resumed = CollectJob(config, tmp_path / "d")
+    resumed.run(resumed.prepare(resume=True))
+    assert [e["index"] for e in read_manifest(tmp_path / "d")["episodes"]] == [0, 1, 2, 3]
+    assert check_dataset(tmp_path / "d").ok
 
 
 def test_same_seed_same_data_with_one_or_two_workers(tmp_path):

@@ -149,6 +149,19 @@ def test_check_episode_finds_garbage_truncation_missing_data_and_bad_images(tmp_
     with h5py.File(unfinished, "a") as f:
         f.attrs["complete"] = False
     assert check_episode(unfinished) == ["not marked complete (the recording was interrupted)"]
+    flipped = tmp_path / "flipped.h5"  # one byte of a numeric column changed on disk: its checksum fails
+    with h5py.File(good, "r") as f:
+        offset = f["observation/pose"].id.get_chunk_info(0).byte_offset
+    raw = bytearray(data)
+    raw[offset + 3] ^= 0xFF
+    flipped.write_bytes(bytes(raw))
+    assert check_episode(flipped, decode="none")[0].startswith("cannot be read (corrupt or truncated)")
+    not_finite = tmp_path / "not_finite.h5"
+    not_finite.write_bytes(data)
+    with h5py.File(not_finite, "a") as f:
+        f["observation/speed_mps"][1] = np.nan
+    assert check_episode(not_finite, decode="none") == [
+        "dataset observation/speed_mps holds values that are not finite (corrupt data)"]
 
 
 def test_dataset_index_addresses_every_frame_of_every_episode(tmp_path):
