@@ -601,8 +601,8 @@ def check_episode(path: str | Path, decode: str = "all", sample: int = 8, seed: 
 
     Checks that it opens, has the required attributes and every feature's dataset, that all lengths equal
     ``num_frames``, that the numeric columns read (files written since their checksums were added verify
-    them) and their floats are finite, and decodes images: ``decode="all"`` every frame, ``"sample"`` the first, the last and
-    ``sample`` random ones, ``"none"`` none.
+    them) and their floats are finite, and decodes images: ``decode="all"`` every frame, ``"sample"`` the
+    first, the last and ``sample`` random ones, ``"none"`` none.
     """
     try:
         with h5py.File(path, "r") as f:
