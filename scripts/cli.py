@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except CarilError as e:
         sys.stderr.write(f"{prog}: error: {e}\n")
         return 2 if isinstance(e, (KeyError, ValueError)) else 1
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError) as e:
+        where = f" {e.filename}" if e.filename else ""  # a path the user gave that cannot be used as asked
+        sys.stderr.write(f"{prog}: error: cannot use{where}: {e.strerror or e}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted; results written so far are kept\n")
         return 130

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from scripts.args import OneLineParser, arg, build_parser
+from sim.errors import UsageError
 from training.collect import read_config
 from training.data_options import LABEL_KEY, NOISE_KEY, LabelOptions, steering_histogram
 from training.episode_file import IMAGE_KEY, DatasetIndex, check_dataset
@@ -45,6 +46,10 @@ class CheckArgs:
     fast: bool = arg(False, help="decode only a sample of frames per file (first, last and random ones)")
     sample: int = arg(8, help="random frames decoded per file with --fast")
     json: str | None = arg(None, help="also write the findings as JSON to this path")
+
+    def __post_init__(self) -> None:
+        if self.sample < 0:
+            raise UsageError(f"--sample must be 0 or more frames, got {self.sample}")
 
 
 _ARGS = {"info": (InfoArgs, "Summarise a dataset: episodes, frames, hours, routes, weathers, noise, steering."),

@@ -51,11 +51,15 @@ def run(args: Args) -> int:
         raise CarilError(f"no policy at {checkpoint}: run from the repository checkout (the shipped policy is "
                          "policies/caril_small/), pass --checkpoint RUN, or use --from-scratch")
     eval_dir = out / "eval"
-    evaluate.run(parse(evaluate.Args, [
+    eval_args = parse(evaluate.Args, [
         "--out", str(eval_dir), "--policy", "caril", "--checkpoint", str(checkpoint), "--corrections",
         args.corrections, "--routes", "paper", "--weathers", args.weathers, "--trials", str(args.trials),
         "--spawn-noise", str(args.spawn_noise), "--workers", str(args.workers), "--seed", str(args.seed),
-        "--resume"], "caril evaluate", evaluate.DESCRIPTION))
+        "--resume"], "caril evaluate", evaluate.DESCRIPTION)
+    if why := evaluate.resume_mismatch(eval_args):  # e.g. the shipped policy changed since the last demo
+        print(f"{eval_dir}: {why}; evaluating afresh", flush=True)
+        eval_args.resume = False
+    evaluate.run(eval_args)
     print_table(json.loads((eval_dir / "summary.json").read_text()))
     print(f"\nreport: {eval_dir / 'report.md'}  plots: {eval_dir / 'plots'}  episodes: {eval_dir / 'results.csv'}")
     return 0
@@ -95,7 +99,7 @@ def print_table(summary: dict) -> None:
                     cells.append("n/a")
                     continue
                 change = m.get("relative_change")
-                tail = f" {100 * change:+.0f}%" if change not in (None, 0.0) and label != ref else ""
+                tail = f" {100 * change:+.0f}%" if change is not None and label != ref else ""
                 cells.append(f"{m['mean']:.3f} [{m['low']:.3f},{m['high']:.3f}]{tail}")
             print(f"  {label:12s}" + "".join(f"{c:>30s}" for c in cells))
     print_heads(summary)

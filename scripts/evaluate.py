@@ -12,7 +12,9 @@ Every (route, weather, correction, trial) is one episode. Writes ``OUT/results.c
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from sim.errors import UsageError, unknown_name
 from sim.routes import parse_routes
 from sim.types import CameraConfig, parse_resolution
 from sim.weather import parse_weathers
-from training.evaluation import Campaign, PolicyFactory, SimFactory, plan_episodes
+from training.evaluation import Campaign, PolicyFactory, SimFactory, plan_episodes, read_results
 from training.report import write_report
 
 DESCRIPTION = "Run a closed-loop evaluation campaign and write results.csv and trajectories."
@@ -62,19 +64,49 @@ class Args:
             raise UsageError(f"--trials must be at least 1, got {self.trials}")
         if self.workers < 1:
             raise UsageError(f"--workers must be at least 1, got {self.workers}")
+        if self.seed < 0:
+            raise UsageError(f"--seed must not be negative, got {self.seed}")
+        self._check_policy_options()
+        self._check_spawn_noise()
         self.correction_names = [""]
         if self.policy == "caril":
-            self.correction_names = [c.strip() for c in self.corrections.split(",") if c.strip()]
+            self.correction_names = unique(c.strip() for c in self.corrections.split(",") if c.strip())
+            if not self.correction_names:
+                raise UsageError(f"--corrections {self.corrections!r} names no correction; valid ones: "
+                                 f"{', '.join(STRATEGIES)}")
             for name in self.correction_names:
                 if name not in STRATEGIES:
                     raise unknown_name("correction", name, list(STRATEGIES))
             resolve_checkpoint(self.checkpoint or "")
-        self.route_names = carla_route_names(self.routes) if self.backend == "carla" else parse_routes(self.routes)
-        self.weather_names = [w.name for w in parse_weathers(self.weathers)]
+        routes = carla_route_names(self.routes) if self.backend == "carla" else parse_routes(self.routes)
+        self.route_names = unique(routes)  # a name given twice would count its episodes twice
+        self.weather_names = unique(w.name for w in parse_weathers(self.weathers))
         width, height = parse_resolution(self.res)
         self.camera_config = CameraConfig(width=width, height=height, fov_deg=self.fov)
         if not self.camera and self.policy != "expert":
             raise UsageError("--no-camera only works with the privileged expert policy")
+
+
+    def _check_policy_options(self) -> None:
+        """The agent's options with another policy would be silently ignored: say so instead."""
+        if self.policy == "caril":
+            return
+        given = [name for name, value, default in (("--checkpoint", self.checkpoint, ""),
+                                                   ("--corrections", self.corrections, "caril"),
+                                                   ("--cuda-graphs", self.cuda_graphs, False)) if value != default]
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply to --policy caril (this run drives {self.policy})")
+
+    def _check_spawn_noise(self) -> None:
+        if not 0.0 <= self.spawn_noise <= 5.0:  # NaN fails this too
+            raise UsageError(f"--spawn-noise {self.spawn_noise} m must be in 0..5 m")
+        if self.spawn_noise and self.backend != "embedded":
+            raise UsageError("--spawn-noise is for the embedded backend (CARLA spawns at its spawn points)")
+
+
+def unique(names: Iterable[str]) -> list[str]:
+    """``names`` in order, each once."""
+    return list(dict.fromkeys(names))
 
 
 def simulator_settings(args: Args) -> dict:
@@ -97,11 +129,46 @@ def campaign_for(args: Args, out: Path) -> Campaign:
                     make_reference_sim=SimFactory(args.backend, {**settings, "render_camera": False}))
 
 
+def result_settings(args: Args) -> dict:
+    """The settings every episode's result depends on, whatever the plan: a resume must not mix results of
+    different ones (routes, weathers, trials and corrections may grow). The checkpoint counts by content."""
+    settings = {"policy": args.policy, "seed": args.seed, "spawn_noise": args.spawn_noise, "res": args.res,
+                "fov": args.fov, "backend": args.backend, "camera": args.camera}
+    if args.backend == "carla":
+        settings["town"] = args.town
+    if args.policy == "caril":
+        folder = resolve_checkpoint(args.checkpoint)
+        digest = hashlib.sha256()
+        for name in ("config.json", "model.safetensors"):
+            digest.update((folder / name).read_bytes())
+        settings["checkpoint_sha256"] = digest.hexdigest()
+    return settings
+
+
+def resume_mismatch(args: Args) -> str | None:
+    """Why ``args.out`` cannot be resumed with ``args`` (None: it can, or it holds no results yet)."""
+    out = Path(args.out)
+    if not read_results(out / "results.csv"):
+        return None
+    stored = json.loads((out / "config.json").read_text()).get("result_settings") \
+        if (out / "config.json").is_file() else None
+    if stored is None:
+        return "its results do not record the settings they were made with"
+    now = result_settings(args)
+    for key in sorted(set(stored) | set(now)):
+        if stored.get(key) != now.get(key):
+            what = "the checkpoint's weights or config" if key == "checkpoint_sha256" else key
+            return f"its results were made with another {what} ({stored.get(key)!r}, now {now.get(key)!r})"
+    return None
+
+
 def run(args: Args) -> int:
     out = Path(args.out)
+    if args.resume and (why := resume_mismatch(args)):
+        raise UsageError(f"cannot resume {out}: {why}; evaluate into another --out, or delete its results")
     out.mkdir(parents=True, exist_ok=True)
     config = asdict(args) | {"route_names": args.route_names, "weather_names": args.weather_names,
-                             "camera_config": args.camera_config.to_dict()}
+                             "camera_config": args.camera_config.to_dict(), "result_settings": result_settings(args)}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     specs = plan_episodes(args.route_names, args.weather_names, args.trials, args.seed, args.policy,
                           args.correction_names)

@@ -59,7 +59,10 @@ class EmbeddedSimulator(Simulator):
                  vehicle: VehicleParams | None = None, render_camera: bool = True,
                  spawn_noise_m: float = 0.0) -> None:
         if not 0.001 <= dt_s <= 0.1:
-            raise ValueError(f"dt_s={dt_s} s is outside 0.001..0.1 s (CARLA's substepping limit)")
+            raise UsageError(f"dt_s={dt_s} s is outside 0.001..0.1 s (CARLA's substepping limit)")
+        if not 0.0 <= spawn_noise_m <= 5.0:  # NaN fails this too
+            raise UsageError(f"spawn noise {spawn_noise_m} m must be in 0..5 m (the standard deviation of the "
+                             "start's lateral offset)")
         self.camera = camera or CameraConfig()
         self.dt_s = dt_s
         self.vehicle = vehicle or VehicleParams()
@@ -77,6 +80,8 @@ class EmbeddedSimulator(Simulator):
         return self._route
 
     def reset(self, route: Route | str, weather: Weather | str = "ClearNoon", seed: int = 0) -> Observation:
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise UsageError(f"episode seed {seed!r} must be a non-negative integer")
         route = get_route(route) if isinstance(route, str) else route
         weather = get_weather(weather) if isinstance(weather, str) else weather
         self._route, self.weather, self.seed = route, weather, seed

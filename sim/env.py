@@ -9,9 +9,10 @@ Action Space: ``Box([-1, 0, 0], [1, 1, 1], float32)`` = steer (+1 right), thrott
 (:mod:`sim.episode`); truncation: the route's time limit. ``info`` carries the privileged lane frame, the
 pose, the events and, at the end, ``termination``.
 
-Arguments: ``route`` and ``weather`` names (overridable per episode with ``reset(options={"route": ...,
-"weather": ...})``), ``camera`` (a :class:`CameraConfig`) or ``width``/``height``/``fov_deg``, ``dt_s``,
-``render_mode`` ``"rgb_array"`` (the camera frame).
+Arguments: ``route`` and ``weather`` names (overridable for one episode with ``reset(options={"route":
+..., "weather": ...})``; the next reset without options drives these again), ``camera`` (a
+:class:`CameraConfig`) or ``width``/``height``/``fov_deg``, ``dt_s``, ``render_mode`` ``"rgb_array"`` (the
+camera frame).
 
 Version History: v0: first version.
 """
@@ -25,6 +26,7 @@ import numpy as np
 from gymnasium import spaces
 
 from sim.episode import EpisodeLimits, EpisodeMonitor
+from sim.errors import UsageError
 from sim.routes import get_route
 from sim.simulator import Simulator
 from sim.types import CameraConfig, Control, Observation, RoadOption
@@ -46,6 +48,7 @@ class DrivingEnv(gym.Env):
         self._resolve(route)
         get_weather(weather)
         self.sim, self.route_name, self.weather_name = simulator, route, weather
+        self._defaults = (route, weather)  # what a reset without options drives
         self.render_mode, self.limits = render_mode, limits or EpisodeLimits()
         self.metadata = {**self.metadata, "render_fps": round(1.0 / simulator.dt_s)}
         cam = simulator.camera
@@ -71,10 +74,11 @@ class DrivingEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = options or {}
-        self.route_name = options.get("route", self.route_name)
-        self.weather_name = options.get("weather", self.weather_name)
+        route_name, weather_name = options.get("route", self._defaults[0]), options.get("weather", self._defaults[1])
+        route, weather = self._resolve(route_name), get_weather(weather_name)  # a bad name changes nothing
+        self.route_name, self.weather_name = route_name, weather_name
         episode_seed = int(self.np_random.integers(0, 2**31 - 1))
-        obs = self.sim.reset(self._resolve(self.route_name), get_weather(self.weather_name), episode_seed)
+        obs = self.sim.reset(route, weather, episode_seed)
         self._monitor = EpisodeMonitor(self.sim.route.length_m, self.limits)
         self._last = obs
         return self._obs(obs), self._info(obs)
@@ -113,4 +117,7 @@ def make_embedded_env(route: str = "straight", weather: str = "ClearNoon", camer
         base = CameraConfig()
         camera = CameraConfig(width=width or base.width, height=height or base.height,
                               fov_deg=fov_deg or base.fov_deg)
+    if sim_kwargs.get("render_camera") is False:
+        raise UsageError("caril/Embedded-v0 observes through its camera: render_camera=False would give images "
+                         "outside the observation space (use EmbeddedSimulator directly for camera-less runs)")
     return DrivingEnv(EmbeddedSimulator(camera=camera, dt_s=dt_s, **sim_kwargs), route, weather, render_mode)

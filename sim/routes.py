@@ -253,14 +253,18 @@ def get_route(name: str) -> Route:
         try:
             seed = int(name.split(":", 1)[1])
         except ValueError:
-            raise unknown_name("route", name, route_names(), "Random routes are random:<integer seed>.") from None
+            seed = -1
+        if seed < 0:
+            raise unknown_name("route", name, list(NAMED_ROUTES), "Random routes are random:<seed>, a seed of 0 "
+                               "or more.")
         for attempt in range(100):  # re-draw until the layout does not cross itself
             network, legs = build_network(name, random_pieces(seed * 1000 + attempt))
             if not road_clearance_violations(network):
                 return route_from_legs(name, network, legs, map_seed=seed)
         raise RuntimeError(f"could not lay a non-overlapping random route for seed {seed}")
     if name not in NAMED_ROUTES:
-        raise unknown_name("route", name, route_names(), "Or random:<seed> for a generated route.")
+        suite = f" {name!r} is a suite of routes: name one of them here." if name in ROUTE_SUITES else ""
+        raise unknown_name("route", name, list(NAMED_ROUTES), f"Or random:<seed> for a generated route.{suite}")
     network, legs = build_network(name, NAMED_ROUTES[name].pieces)
     return route_from_legs(name, network, legs, map_seed=sum(map(ord, name)))
 

@@ -24,7 +24,6 @@ import logging
 import math
 import multiprocessing as mp
 import os
-import queue as queue_module
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -99,6 +98,8 @@ class CollectConfig:
             raise UsageError(f"--seed must not be negative, got {self.seed}")
         if self.max_frames < 0:
             raise UsageError(f"--max-frames must be 0 (no cap) or positive, got {self.max_frames}")
+        if not 0.001 <= self.dt_s <= 0.1:  # checked before any file is written (the simulator would refuse it)
+            raise UsageError(f"--dt {self.dt_s} s is outside 0.001..0.1 s (CARLA's substepping limit)")
         if not self.routes or not self.weathers:
             raise UsageError("name at least one route and one weather")
         if self.backend not in BACKENDS:
@@ -348,17 +349,19 @@ class CollectJob:
                         on_episode(done[-1])
             return done
         ctx = mp.get_context("spawn")
-        frames = ctx.Queue()
+        frames = ctx.SimpleQueue()  # put() writes at once: a worker's last message is not lost if it dies
         recording: dict[int, int] = {}  # worker pid -> the episode index it is recording
+        before = {p.pid for p in mp.active_children()}
         with ctx.Pool(min(self.workers, len(pending)), initializer=_init_worker,
                       initargs=(self.config, str(self.root), self.make_sim, frames)) as pool:
+            workers = {p.pid for p in mp.active_children()} - before
             results = pool.imap_unordered(_record_in_worker, pending)
             while len(done) < len(pending):
                 try:
                     entry = results.next(timeout=0.1)
                 except mp.TimeoutError:
                     _drain(frames, on_frames, recording)
-                    _check_workers(recording, len(done))
+                    _check_workers(workers, recording, len(done))
                     continue
                 _drain(frames, on_frames, recording)
                 recording = {pid: i for pid, i in recording.items() if i != entry["index"]}
@@ -372,25 +375,23 @@ class CollectJob:
 
 def _drain(frames: Any, on_frames: Callable[[int], None] | None, recording: dict[int, int]) -> None:
     """Pass the workers' frame counts on; note which episode each worker has started."""
-    while True:
-        try:
-            item = frames.get_nowait()
-        except queue_module.Empty:
-            return
+    while not frames.empty():
+        item = frames.get()
         if isinstance(item, tuple):  # (pid, episode index): a worker started an episode
             recording[item[0]] = item[1]
         elif on_frames:
             on_frames(item)
 
 
-def _check_workers(recording: dict[int, int], finished: int) -> None:
-    """A worker that died mid-episode (killed, out of memory) loses its task: the pool would wait for it
-    forever, so that is an error here (the finished episodes are on disk and in the manifest)."""
+def _check_workers(workers: set[int], recording: dict[int, int], finished: int) -> None:
+    """A pool worker that died (killed, out of memory) loses its task and the pool would wait for it
+    forever, so that is an error here (the finished episodes are on disk and in the manifest). The pool
+    replaces a dead worker, so a pid of the first ``workers`` missing means one died."""
     alive = {p.pid for p in mp.active_children()}
-    for pid, index in recording.items():
-        if pid not in alive:
-            raise CarilError(f"the worker recording episode {index} died (killed, or out of memory?); the "
-                             f"{finished} episodes finished are kept: rerun with --resume to record the rest")
+    for pid in sorted(workers - alive):
+        which = f"episode {recording[pid]}" if pid in recording else "an episode"
+        raise CarilError(f"the worker recording {which} died (killed, or out of memory?); the {finished} "
+                         "episodes finished are kept: rerun with --resume to record the rest")
 
 
 _WORKER: dict[str, Any] = {}  # per worker process: its config, recorder and simulator

@@ -202,20 +202,30 @@ class Campaign:
         self.results_path = self.out_dir / "results.csv"
 
     def pending(self, specs: list[EpisodeSpec], resume: bool) -> list[EpisodeSpec]:
-        """The specs still to run: all of them, or with ``resume`` those not yet in results.csv."""
+        """The specs still to run: all of them, or with ``resume`` those without a finished row in results.csv
+        (an episode that failed is run again)."""
         if not resume:
             return list(specs)
-        done = {tuple(r[c] for c in ("route", "weather", "trial", "policy", "correction"))
-                for r in read_results(self.results_path)}
+        done = {_identity(r) for r in self.kept_rows()}
         return [s for s in specs if s.identity() not in done]
+
+    def kept_rows(self) -> list[dict[str, str]]:
+        """The rows a resume keeps: whole rows (not the last one a kill cut short) of finished episodes."""
+        if not self.results_path.exists():
+            return []
+        whole = self.results_path.read_bytes().endswith(b"\n")
+        rows = read_results(self.results_path)
+        rows = rows if whole else rows[:-1]
+        return [r for r in rows if None not in r.values() and len(r) == len(RESULT_COLUMNS)
+                and not r["termination"].startswith("failed")]
 
     def run(self, specs: list[EpisodeSpec], resume: bool = False, workers: int = 1,
             on_episode: Callable[[EpisodeSpec, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
         """Run the pending specs; ``on_episode`` is called after each (for progress bars)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         todo = self.pending(specs, resume)
-        if not resume or not self.results_path.exists():
-            write_table(self.results_path, RESULT_COLUMNS, [])
+        kept = self.kept_rows() if resume else []
+        write_table(self.results_path, RESULT_COLUMNS, [[r[c] for c in RESULT_COLUMNS] for r in kept])
         references = self.references(todo)
         rows = []
         for spec, row in self._execute(todo, references, workers):
@@ -288,8 +298,7 @@ class Campaign:
         """A lost simulator fails the episode with its reason; the campaign goes on after reconnecting."""
         log.warning("episode %s failed: %s; reconnecting", spec.key, error)
         row = {c: float("nan") for c in METRIC_COLUMNS}
-        row.update(asdict(spec), route_completion=0.0, collisions=0, lane_invasions=0, rule_shares="",
-                   termination=f"failed:{error.reason}", sim_time_s=0.0)
+        row.update(asdict(spec), rule_shares="", termination=f"failed:{error.reason}")  # metrics NaN: no episode
         return row
 
     def _reconnect(self) -> Simulator:
@@ -305,7 +314,7 @@ class Campaign:
         """Rewrite results.csv in plan order (rows of specs not in the plan keep their place at the end)."""
         order = {s.identity(): i for i, s in enumerate(specs)}
         rows = read_results(self.results_path)
-        ident = [tuple(r[c] for c in ("route", "weather", "trial", "policy", "correction")) for r in rows]
+        ident = [_identity(r) for r in rows]
         ranked = sorted(range(len(rows)), key=lambda i: (order.get(ident[i], len(order)), i))
         write_table(self.results_path, RESULT_COLUMNS, [[rows[i][c] for c in RESULT_COLUMNS] for i in ranked])
 
@@ -331,6 +340,11 @@ def _work(task: tuple[EpisodeSpec, np.ndarray]) -> tuple[EpisodeSpec, dict[str, 
         _WORKER["sim"].close()
         _WORKER["sim"] = campaign._reconnect()
         return spec, campaign._failure(spec, e)
+
+
+def _identity(row: dict[str, str]) -> tuple[str, ...]:
+    """A results row's :meth:`EpisodeSpec.identity`."""
+    return tuple(row[c] for c in ("route", "weather", "trial", "policy", "correction"))
 
 
 def _fmt(value: Any) -> str:

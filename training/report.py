@@ -41,6 +41,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from agent.correction import RULE_FALLBACK, STRATEGY_RULES
+from agent.factory import resolve_checkpoint
 from sim.episode import EpisodeLimits
 from sim.errors import CarilError
 from sim.metrics import lane_deviation
@@ -256,10 +257,11 @@ def _compare(entries: dict[str, dict], reference: str) -> None:
     for label, entry in entries.items():
         for metric, stats in entry["metrics"].items():
             ref = base["metrics"][metric] if base else None
-            usable = ref is not None and math.isfinite(ref["mean"]) and math.isfinite(stats["mean"])
+            usable = ref is not None and label != reference and math.isfinite(ref["mean"]) \
+                and math.isfinite(stats["mean"])
             stats["relative_change"] = relative_change(stats["mean"], ref["mean"]) if usable else math.nan
             stats["ci_overlaps_reference"] = (stats["low"] <= ref["high"] and ref["low"] <= stats["high"]) \
-                if usable and label != reference else None
+                if usable else None
 
 
 def _route_completion(route_name: str, x_m: np.ndarray, y_m: np.ndarray) -> float:
@@ -486,7 +488,8 @@ def write_plots(out_dir: Path, rows: list[dict[str, str]], summary: dict, episod
         key = _episode_to_plot(out_dir, rows, episode_for_plot)
         out["episode_for_plot"] = key
         out["confidence"] = None if key is None else _save(
-            plot_confidence(key, read_decisions(out_dir / "decisions" / f"{key}.csv")),
+            plot_confidence(key, read_decisions(out_dir / "decisions" / f"{key}.csv"),
+                            checkpoint_steer_scale(summary["config"])),
             plot_dir / f"confidence_{key}.png", out_dir)
         out["metrics_overall"] = _save(plot_metrics(summary, colours), plot_dir / "metrics_overall.png", out_dir)
         ref = summary["reference_correction"]
@@ -494,6 +497,15 @@ def write_plots(out_dir: Path, rows: list[dict[str, str]], summary: dict, episod
         out["head_errors"] = _save(plot_head_errors(ticks, ref), plot_dir / "head_errors.png", out_dir) \
             if len(ticks) > 2 else None
     return out
+
+
+def checkpoint_steer_scale(config: dict) -> float | None:
+    """The evaluated checkpoint's steering scale (None when the campaign had none or it is gone)."""
+    try:
+        folder = resolve_checkpoint(config["checkpoint"])
+        return float(json.loads((folder / "config.json").read_text())["steer_scale"])
+    except (KeyError, TypeError, ValueError, OSError, CarilError):
+        return None
 
 
 def label_colours(labels: list[str]) -> dict[str, Any]:
@@ -576,8 +588,9 @@ def rule_colours() -> dict[str, Any]:
     return {**colours, RULE_FALLBACK: "grey", "fallback_safe_stop": "black"}
 
 
-def plot_confidence(key: str, d: dict[str, Any]) -> Figure:
-    """Max probability coloured by the rule that fired, a rule strip, and regression vs applied steering."""
+def plot_confidence(key: str, d: dict[str, Any], steer_scale: float | None = None) -> Figure:
+    """Max probability coloured by the rule that fired, a rule strip, and regression vs applied steering
+    (in the network's normalised units: CARLA's steer times ``steer_scale``, when known)."""
     fig = Figure(figsize=(11, 7), dpi=110, layout="constrained")
     ax_p, ax_r, ax_s = fig.subplots(3, 1, sharex=True, height_ratios=[3, 0.6, 3])
     t, rules = d["t_s"], d["rule"]
@@ -603,7 +616,8 @@ def plot_confidence(key: str, d: dict[str, Any]) -> Figure:
     ax_s.plot(t, d["steer_regression"], color="tab:blue", lw=2.2, alpha=0.7, label="regression head")
     ax_s.plot(t, d["steer"], color="black", lw=1.0, label="applied (after correction)")
     ax_s.set(xlabel="simulated time (s)", ylabel="steer, normalised (+ right)")
-    ax_s.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), title="normalised = CARLA steer x 4")
+    units = f"normalised = CARLA steer x {steer_scale:g}" if steer_scale else "the network's normalised steer"
+    ax_s.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), title=units)
     return fig
 
 

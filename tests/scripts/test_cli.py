@@ -45,6 +45,42 @@ def test_evaluate_resume_runs_only_missing_episodes(tmp_path):
     assert [ln.split(",")[0] for ln in lines[1:]] == ["straight", "one-turn"]
 
 
+def test_evaluate_resume_refuses_other_settings_and_repairs_a_cut_file(tmp_path):
+    """A resume with another seed would mix results: refused, nothing touched. A last row cut by a kill and a
+    failed episode are dropped and run again, and the file stays well formed."""
+    out = tmp_path / "eval"
+    assert caril("evaluate", "--routes", "straight,one-turn", "--no-camera", "--out", str(out)).returncode == 0
+    whole = (out / "results.csv").read_text()
+    config = (out / "config.json").read_text()
+    r = caril("evaluate", "--routes", "straight,one-turn", "--no-camera", "--resume", "--seed", "5", "--out",
+              str(out))
+    assert r.returncode == 2 and "its results were made with another seed (0, now 5)" in r.stderr
+    assert (out / "results.csv").read_text() == whole and (out / "config.json").read_text() == config
+    header, straight, one_turn = whole.splitlines()
+    failed = straight.split(",")
+    failed[RESULT_COLUMNS.index("termination")] = "failed:tick_timeout"
+    (out / "results.csv").write_text(f"{header}\n{','.join(failed)}\n{one_turn[:40]}")  # a kill mid-row
+    r = caril("evaluate", "--routes", "straight,one-turn", "--no-camera", "--resume", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out / "results.csv").read_text() == whole  # both run again, in plan order, bit for bit
+
+
+def test_evaluate_counts_each_name_once(tmp_path):
+    out = tmp_path / "eval"
+    r = caril("evaluate", "--routes", "straight,straight", "--weathers", "ClearNoon,ClearNoon", "--no-camera",
+              "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert len((out / "results.csv").read_text().splitlines()) == 2
+
+
+def test_a_path_that_cannot_be_used_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    r = caril("evaluate", "--routes", "straight", "--no-camera", "--out", str(tmp_path / "file" / "x"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("caril evaluate: error: cannot use") and "Not a directory" in lines[0]
+
+
 @pytest.mark.parametrize("args, message", [
     (["evaluate", "--routes", "moon", "--out", "x"], "unknown route 'moon'; valid routes: straight, one-turn"),
     (["evaluate", "--weathers", "Sunny", "--out", "x"], "unknown weather 'Sunny'; valid weathers: ClearNoon"),
@@ -53,6 +89,16 @@ def test_evaluate_resume_runs_only_missing_episodes(tmp_path):
     (["evaluate", "--policy", "robot", "--out", "x"], "argument --policy: invalid choice: 'robot'"),
     (["render", "--route", "straight", "--distance", "9999", "--out", "x.png"], "distance 9999.0 m is outside"),
     (["render", "--res", "wide", "--out", "x.png"], "resolution 'wide' is not WIDTHxHEIGHT"),
+    (["evaluate", "--seed", "-3", "--out", "x"], "--seed must not be negative, got -3"),
+    (["evaluate", "--checkpoint", "policies/caril_small", "--cuda-graphs", "--out", "x"],
+     "--checkpoint, --cuda-graphs only apply to --policy caril (this run drives expert)"),
+    (["evaluate", "--policy", "caril", "--checkpoint", "policies/caril_small", "--corrections", ",", "--out", "x"],
+     "--corrections ',' names no correction"),
+    (["evaluate", "--spawn-noise", "-1", "--out", "x"], "--spawn-noise -1.0 m must be in 0..5 m"),
+    (["evaluate", "--spawn-noise", "nan", "--out", "x"], "--spawn-noise nan m must be in 0..5 m"),
+    (["evaluate", "--backend", "carla", "--spawn-noise", "0.3", "--out", "x"], "--spawn-noise is for the embedded"),
+    (["collect", "--dt", "0.5", "--out", "x"], "--dt 0.5 s is outside 0.001..0.1 s"),
+    (["data", "check", "x", "--fast", "--sample", "-1"], "--sample must be 0 or more frames, got -1"),
     (["fly"], "unknown command 'fly'"),
     (["bench"], "name a benchmark first: one of sim, collect"),
 ])

@@ -5,6 +5,7 @@ from gymnasium.utils.env_checker import check_env
 
 import sim  # noqa: F401  (registers caril/Embedded-v0)
 from sim.embedded import EmbeddedSimulator
+from sim.errors import UnknownNameError, UsageError
 from sim.routes import get_route
 from sim.types import CameraConfig, Control, RoadOption
 from sim.weather import get_weather
@@ -36,6 +37,21 @@ def test_reset_options_choose_route_and_weather_and_info_is_privileged():
     assert env.unwrapped.sim.route.name == "one-turn" and env.unwrapped.sim.weather.name == "HardRainNoon"
     assert set(info["lane"]) >= {"lateral_offset_m", "heading_error_deg", "route_progress"}
     assert obs["image"].shape == (48, 64, 3)
+    env.reset(seed=4)  # the override held for that episode only
+    assert env.unwrapped.sim.route.name == "straight" and env.unwrapped.sim.weather.name == "ClearNoon"
+
+
+def test_a_bad_name_in_reset_options_changes_nothing():
+    env = make(route="two-turn")
+    with pytest.raises(UnknownNameError, match="unknown route 'nope'"):
+        env.reset(seed=1, options={"route": "nope"})
+    env.reset(seed=1)
+    assert env.unwrapped.sim.route.name == "two-turn"
+
+
+def test_an_env_without_its_camera_is_refused():
+    with pytest.raises(UsageError, match="render_camera=False would give images outside the observation space"):
+        make(render_camera=False)
 
 
 def test_reward_is_progress_and_time_limit_truncates():
@@ -99,3 +115,15 @@ def test_observation_carries_the_route_command_as_the_vehicle_reaches_the_juncti
     env = make(route="two-turn")
     first, _ = env.reset(seed=0)
     assert first["command"] == int(RoadOption.LANEFOLLOW) and first["command"] in env.observation_space["command"]
+
+
+@pytest.mark.parametrize(("make_sim", "message"), [
+    (lambda: EmbeddedSimulator(dt_s=0.5), r"dt_s=0.5 s is outside 0.001..0.1 s"),
+    (lambda: EmbeddedSimulator(spawn_noise_m=-1.0), r"spawn noise -1.0 m must be in 0..5 m"),
+    (lambda: EmbeddedSimulator(spawn_noise_m=float("nan")), r"spawn noise nan m must be in 0..5 m"),
+    (lambda: EmbeddedSimulator(CameraConfig(width=32, height=32)).reset("straight", "ClearNoon", -1),
+     r"episode seed -1 must be a non-negative integer"),
+])
+def test_bad_simulator_settings_are_one_usage_error(make_sim, message):
+    with pytest.raises(UsageError, match=message):
+        make_sim()

@@ -71,8 +71,12 @@ def test_random_routes_are_deterministic_and_differ_by_seed():
 def test_unknown_route_lists_valid_names():
     with pytest.raises(UnknownNameError, match=re.escape("unknown route 'nowhere'; valid routes: straight, one-turn")):
         get_route("nowhere")
-    with pytest.raises(UnknownNameError, match="random:<integer seed>"):
-        get_route("random:abc")
+    for bad in ("random:abc", "random:-3"):
+        with pytest.raises(UnknownNameError, match=re.escape("Random routes are random:<seed>, a seed of 0 or more")):
+            get_route(bad)
+    with pytest.raises(UnknownNameError, match="'paper' is a suite of routes: name one of them here") as info:
+        get_route("paper")
+    assert "valid routes: straight, one-turn, two-turn" in str(info.value) and "paper," not in str(info.value)
 
 
 def _command_runs(route):
