@@ -56,7 +56,7 @@ def run(args: Args) -> int:
         args.corrections, "--routes", "paper", "--weathers", args.weathers, "--trials", str(args.trials),
         "--spawn-noise", str(args.spawn_noise), "--workers", str(args.workers), "--seed", str(args.seed),
         "--resume"], "caril evaluate", evaluate.DESCRIPTION)
-    if why := evaluate.resume_mismatch(eval_args):  # e.g. the shipped policy changed since the last demo
+    if why := evaluate.resume_mismatch(eval_args, trust_legacy=False):  # e.g. another shipped policy
         print(f"{eval_dir}: {why}; evaluating afresh", flush=True)
         eval_args.resume = False
     evaluate.run(eval_args)

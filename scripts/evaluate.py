@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from sim.types import CameraConfig, parse_resolution
 from sim.weather import parse_weathers
 from training.evaluation import Campaign, PolicyFactory, SimFactory, plan_episodes, read_results
 from training.report import write_report
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = "Run a closed-loop evaluation campaign and write results.csv and trajectories."
 
@@ -145,16 +148,25 @@ def result_settings(args: Args) -> dict:
     return settings
 
 
-def resume_mismatch(args: Args) -> str | None:
-    """Why ``args.out`` cannot be resumed with ``args`` (None: it can, or it holds no results yet)."""
+def resume_mismatch(args: Args, trust_legacy: bool = True) -> str | None:
+    """Why ``args.out`` cannot be resumed with ``args`` (None: it can, or it holds no results yet). Campaigns
+    from before ``result_settings`` existed are compared on the settings their config.json has; their
+    checkpoint's content was not recorded, so that is taken on trust (with a warning), or with
+    ``trust_legacy=False`` counts as a mismatch."""
     out = Path(args.out)
     if not read_results(out / "results.csv"):
         return None
-    stored = json.loads((out / "config.json").read_text()).get("result_settings") \
-        if (out / "config.json").is_file() else None
-    if stored is None:
-        return "its results do not record the settings they were made with"
+    config = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
     now = result_settings(args)
+    stored = config.get("result_settings")
+    if stored is None:
+        if not trust_legacy:
+            return "its results do not record the checkpoint they were made with"
+        stored = {k: config[k] for k in now if k in config}
+        now = {k: v for k, v in now.items() if k in stored}
+        if args.policy == "caril":
+            log.warning("%s predates checkpoint fingerprints: resuming on trust that %s is unchanged", out,
+                        args.checkpoint)
     for key in sorted(set(stored) | set(now)):
         if stored.get(key) != now.get(key):
             what = "the checkpoint's weights or config" if key == "checkpoint_sha256" else key

@@ -537,9 +537,7 @@ def end_epoch(loop: Loop, epoch: int, metrics: dict[str, Any], history: list[dic
     metrics.update(epoch=epoch, step=state.step, best=improved)
     history.append(metrics)
     if loop.world.is_main:
-        save_epoch(loop, metrics, improved)
-        if improved:  # plain arrays, read back with allow_pickle=False for the plots
-            np.savez(loop.run / "best" / PREDICTIONS_FILE, **pred)
+        save_epoch(loop, metrics, improved, pred)
         write_metrics(loop, history, "early_stopping" if stop else "completed" if epoch == loop.cfg.epochs
                       else "running")
         log_epoch(loop, metrics)
@@ -547,21 +545,23 @@ def end_epoch(loop: Loop, epoch: int, metrics: dict[str, Any], history: list[dic
     return stop
 
 
-def save_epoch(loop: Loop, metrics: dict[str, Any], improved: bool) -> None:
-    """``RUN/last`` (weights, config, training state) and, when the validation loss improved, ``RUN/best``."""
+def save_epoch(loop: Loop, metrics: dict[str, Any], improved: bool, pred: dict[str, np.ndarray]) -> None:
+    """``RUN/last`` (weights, config, training state) and, when the validation loss improved, ``RUN/best``
+    with the validation predictions ``pred``."""
     cfg, state = loop.cfg, loop.state
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     meta = {"epoch": state.epoch, "step": state.step, "metrics": scalars, "labels": cfg.labels.to_dict(),
             "augment": cfg.augment.to_dict(), "data": str(cfg.data), "world_size": loop.world.world_size,
             "written_by_rank": loop.world.rank, "software_version": software_version()}
     kwargs = {"loss_cfg": cfg.loss, "temperature": metrics["temperature"], "steer_scale": cfg.labels.steer_scale}
+    if improved:  # best/ first: a kill before last/ is saved re-runs this epoch, which rewrites best/ alike
+        save_checkpoint(loop.run / "best", loop.net, cfg.network, cfg.preprocess, cfg.labels.bins, meta, **kwargs)
+        np.savez(loop.run / "best" / PREDICTIONS_FILE, **pred)  # plain arrays, read with allow_pickle=False
     save_checkpoint(loop.run / "last", loop.net, cfg.network, cfg.preprocess, cfg.labels.bins, meta, **kwargs)
     # the LR schedule is a pure function of the step, so the "scheduler" slot holds the loop's counters
     # (epoch, step, best validation loss and epoch, early-stopping count); the RNG states are captured here
     save_training_state(loop.run / "last" / STATE_FILE, loop.optimizer, state, state.epoch, state.step,
                         best_val=state.best_val)
-    if improved:
-        save_checkpoint(loop.run / "best", loop.net, cfg.network, cfg.preprocess, cfg.labels.bins, meta, **kwargs)
 
 
 def write_metrics(loop: Loop, history: list[dict[str, Any]], stopped: str) -> None:
@@ -651,7 +651,8 @@ def resume(loop: Loop) -> list[dict[str, Any]]:
     stored = json.loads((loop.run / "config.json").read_text()) if (loop.run / "config.json").is_file() else {}
     if stored.get("split") and stored["split"] != _split_record(loop.data.split):
         raise CheckpointError(f"cannot resume {loop.run}: the episodes of {cfg.data} differ from the ones the run "
-                              "was split on; resume with the same dataset or choose another --out")
+                              "was split on (other data, or a run of several datasets started before their split "
+                              "rule changed); resume with the same dataset or choose another --out")
     ts = load_training_state(last / STATE_FILE)
     if ts.epoch != ckpt.meta.get("epoch"):
         raise CheckpointError(f"{last}: the weights are from epoch {ckpt.meta.get('epoch')} but {STATE_FILE} from "

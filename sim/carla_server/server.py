@@ -61,25 +61,27 @@ class CarlaServer:
 
     def _run_ticker(self) -> None:
         """Advance the asynchronous world in real time; idle while it is synchronous. It waits on the world's
-        ``changed`` condition, so new settings (or :meth:`close`) take effect at once, and a tick that fails
-        is logged and the world goes on."""
+        ``changed`` condition, so new settings (or :meth:`close`) take effect at once; a tick that fails is
+        logged and the world goes on. The world lock is held only for a tick: a tick slower than the step
+        re-bases the schedule, so there is always a wait in which the RPC threads take the lock."""
         world = self.world
-        with world.lock:
-            last = time.monotonic()  # when the last tick was due
-            while not self._stop.is_set():
+        last = time.monotonic()  # when the last tick was due (the next is one step later, at today's step)
+        while not self._stop.is_set():
+            with world.lock:
                 if world.settings.synchronous_mode:
                     world.changed.wait(0.5)
                     last = time.monotonic()
                     continue
-                due, now = last + world.delta_s, time.monotonic()
-                if due > now:
-                    world.changed.wait(due - now)
+                due = last + world.delta_s
+                if due > time.monotonic():
+                    world.changed.wait(due - time.monotonic())
                     continue
                 try:
                     world.tick()
                 except Exception:
                     log.exception("an asynchronous tick failed; the world goes on")
-                last = due if now - due < world.delta_s else now  # late by a whole step: no burst to catch up
+                end = time.monotonic()
+                last = due if end < due + world.delta_s else end  # a whole step late: a full step's wait next
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until :meth:`close` (True) or ``timeout_s`` seconds (False)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -28,9 +29,16 @@ from collections.abc import Callable
 from sim.carla_server.encoding import STREAM_LENGTH
 from sim.carla_server.rpc import _shutdown, listen
 
+try:  # the send-queue size of a socket (Linux, macOS); without it a slow reader's progress is not seen
+    import fcntl
+    import termios
+except ImportError:  # pragma: no cover - Windows
+    fcntl = termios = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 5.0
+DRAIN_POLL_S = 0.25  # how often a writer waiting on a slow reader checks its progress
 HELLO_TIMEOUT_S = 5.0
 HANGUP_POLL_S = 1.0  # how often a subscriber's hang-up watch looks at whether the server is closing
 SEND_BUFFER_BYTES = 8 << 20
@@ -48,45 +56,55 @@ class _Subscriber:
         self.backlog_bytes = 0
         self.dropped = 0
 
-    def send(self, parts: tuple[bytes | memoryview, ...]) -> bool:
+    def send(self, parts: tuple[bytes | memoryview, ...]) -> str:
         """Frame and send one message; what the socket cannot take now goes to the backlog, drained by a
-        writer thread. False (and the subscriber is dead) when the socket has failed."""
+        writer thread. Returns ``"sent"``, ``"queued"``, ``"dropped"`` (the backlog is full) or ``"dead"``
+        (the socket has failed)."""
         body = [memoryview(p).cast("B") for p in parts]
         size = sum(v.nbytes for v in body)
         views = [memoryview(STREAM_LENGTH.pack(size)), *body]
         with self.lock:
             if not self.alive:
-                return False
+                return "dead"
             if self.backlog:  # a writer is draining: queue behind it, in order
-                self._queue(views, size)
-                return True
+                return self._queue(views, size)
             try:
                 views = _send_some(self.sock, views)
             except OSError:
                 self.alive = False
-                return False
-            if views:
-                self._queue(views, sum(v.nbytes for v in views))
-                threading.Thread(target=self._drain, name=f"carla-stream-{self.stream_id}-writer",
-                                 daemon=True).start()
-        return True
+                return "dead"
+            if not views:
+                return "sent"
+            self._queue(views, sum(v.nbytes for v in views), always=True)  # a message begun must end
+            threading.Thread(target=self._drain, name=f"carla-stream-{self.stream_id}-writer", daemon=True).start()
+            return "queued"
 
-    def _queue(self, views: list[memoryview], size: int) -> None:
-        if self.backlog_bytes + size > MAX_BACKLOG_BYTES and self.backlog:
+    def _queue(self, views: list[memoryview], size: int, always: bool = False) -> str:
+        if not always and self.backlog_bytes + size > MAX_BACKLOG_BYTES:
             self.dropped += 1
             if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
                 log.warning("stream %d: its reader is %.0f MB behind; %d messages dropped so far", self.stream_id,
                             self.backlog_bytes / 1e6, self.dropped)
-            return
+            return "dropped"
         self.backlog.append(views)
         self.backlog_bytes += size
+        return "queued"
 
     def _drain(self) -> None:
-        """Send the backlog as the socket takes it; a reader that takes nothing for SEND_TIMEOUT_S is dropped."""
+        """Send the backlog as the socket takes it. A reader is disconnected only when nothing has left the
+        socket for SEND_TIMEOUT_S: a slow reader empties the kernel's queue a little at a time (which does not
+        make the socket writable), so the deadline restarts whenever that queue shrinks."""
         poller = select.poll()
         poller.register(self.sock, select.POLLOUT)
+        deadline, unsent = time.monotonic() + SEND_TIMEOUT_S, _unsent_bytes(self.sock)
         while True:
-            if not poller.poll(SEND_TIMEOUT_S * 1000):
+            if not poller.poll(DRAIN_POLL_S * 1000):
+                now_unsent = _unsent_bytes(self.sock)
+                if now_unsent is not None and unsent is not None and now_unsent < unsent:
+                    deadline = time.monotonic() + SEND_TIMEOUT_S
+                unsent = now_unsent
+                if time.monotonic() < deadline:
+                    continue
                 log.warning("stream %d: its reader took nothing for %g s; disconnected", self.stream_id,
                             SEND_TIMEOUT_S)
                 break
@@ -106,10 +124,19 @@ class _Subscriber:
                     self.backlog.popleft()
                     if not self.backlog:
                         return
+            deadline, unsent = time.monotonic() + SEND_TIMEOUT_S, _unsent_bytes(self.sock)
         with self.lock:
             self.alive = False
             self.backlog.clear()
         _shutdown(self.sock)
+
+
+def _unsent_bytes(sock: socket.socket) -> int | None:
+    """Bytes in the socket's send queue not yet taken by the reader (Linux's SIOCOUTQ; None elsewhere)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    except (OSError, AttributeError, ValueError):
+        return None
 
 
 def _send_some(sock: socket.socket, views: list[memoryview]) -> list[memoryview]:
@@ -136,7 +163,7 @@ class StreamServer:
     """
 
     def __init__(self, host: str, port: int,
-                 on_subscribe: Callable[[int, Callable[..., bool]], None] | None = None) -> None:
+                 on_subscribe: Callable[[int, Callable[..., str]], None] | None = None) -> None:
         self._sock = listen(host, port)
         self.port = self._sock.getsockname()[1]
         self.on_subscribe = on_subscribe
@@ -199,14 +226,14 @@ class StreamServer:
     # -- publishing -----------------------------------------------------------------------------------------
     def publish(self, stream_id: int, *parts: bytes | memoryview) -> int:
         """Send one message (the concatenated ``parts``) to every subscriber of ``stream_id``; returns how
-        many received it."""
+        many it was sent to or queued for (a subscriber whose backlog is full drops it)."""
         with self._changed:
             subs = list(self._subscribers.get(stream_id, ()))
         delivered = 0
         for sub in subs:
-            if sub.send(parts):
-                delivered += 1
-            else:
+            result = sub.send(parts)
+            delivered += result in ("sent", "queued")
+            if result == "dead":
                 self._forget(sub)
         return delivered
 

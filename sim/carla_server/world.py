@@ -450,9 +450,8 @@ class World:
             others += [w for w in vehicles if w is not v and convex_overlap(bodies[v.id], bodies[w.id])]
             impulse = VEHICLE_MASS_KG * max(v.state.speed_mps, 0.1)
             contacts += [(v, other, impulse) for other in others]
-            if others and v.physics and self._was_free(v, before[v.id], vehicles):
-                # the body does not pass through: it stays where it was, stopped (a body teleported into an
-                # obstacle was not free before: it may drive out, reporting contacts until it is)
+            if others and v.physics and not self._backs_out(v, before, vehicles):
+                # the body does not pass through: it stays where it was, stopped
                 old = before[v.id]
                 v.state = VehicleState(old.x_m, old.y_m, old.yaw_rad, 0.0, v.state.wheel_angle_rad)
         for v in vehicles:
@@ -461,11 +460,28 @@ class World:
                 v.control = VehicleControl()
         return contacts
 
-    def _was_free(self, v: Vehicle, old: VehicleState, vehicles: list[Vehicle]) -> bool:
-        """Whether ``v``'s body at its pose before this step touched nothing (others at their new poses)."""
-        body = footprint(old.x_m, old.y_m, old.yaw_rad, self.params)
-        return not self.map.collision.hits(body) and not any(
-            w is not v and convex_overlap(body, self._body(w)) for w in vehicles)
+    def _backs_out(self, v: Vehicle, before: dict[int, VehicleState], vehicles: list[Vehicle]) -> bool:
+        """Whether ``v``, already in contact before this step (teleported into an obstacle), moved away from
+        everything it touches now: it may drive out, reporting contacts until it is free, but never deeper in
+        nor into anything new. Other vehicles count at their poses before the step."""
+        old = before[v.id]
+        old_body = footprint(old.x_m, old.y_m, old.yaw_rad, self.params)
+        new_xy = np.array([v.state.x_m, v.state.y_m])
+        old_xy = np.array([old.x_m, old.y_m])
+        collision = self.map.collision
+        old_hits, new_hits = set(collision.hits(old_body)), set(collision.hits(self._body(v)))
+        centres = [collision.centres[i] for i in new_hits]
+        old_cars = {w.id: footprint(before[w.id].x_m, before[w.id].y_m, before[w.id].yaw_rad, self.params)
+                    for w in vehicles if w is not v}
+        touching = {i for i, body in old_cars.items() if convex_overlap(old_body, body)}
+        for i, body in old_cars.items():
+            if convex_overlap(self._body(v), body):
+                if i not in touching:
+                    return False
+                centres.append(body.mean(axis=0))
+        if not (old_hits or touching) or not new_hits <= old_hits:
+            return False
+        return all(np.linalg.norm(new_xy - c) > np.linalg.norm(old_xy - c) for c in centres)
 
     def _kinematics(self, v: Vehicle, old: VehicleState, dt: float) -> None:
         s = v.state

@@ -65,6 +65,18 @@ def test_evaluate_resume_refuses_other_settings_and_repairs_a_cut_file(tmp_path)
     assert (out / "results.csv").read_text() == whole  # both run again, in plan order, bit for bit
 
 
+def test_evaluate_resumes_a_campaign_from_before_result_settings_on_its_stored_config(tmp_path):
+    out = tmp_path / "eval"
+    assert caril("evaluate", "--routes", "straight", "--no-camera", "--out", str(out)).returncode == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["result_settings"]  # as written before this key existed
+    (out / "config.json").write_text(json.dumps(config))
+    r = caril("evaluate", "--routes", "straight", "--no-camera", "--resume", "--seed", "5", "--out", str(out))
+    assert r.returncode == 2 and "its results were made with another seed (0, now 5)" in r.stderr
+    r = caril("evaluate", "--routes", "straight", "--no-camera", "--resume", "--out", str(out))
+    assert r.returncode == 0 and "0 episodes" in r.stdout, r.stderr
+
+
 def test_evaluate_counts_each_name_once(tmp_path):
     out = tmp_path / "eval"
     r = caril("evaluate", "--routes", "straight,straight", "--weathers", "ClearNoon,ClearNoon", "--no-camera",

@@ -57,13 +57,14 @@ def test_a_reader_that_stalls_never_holds_up_publishing_and_gets_whole_messages_
     monkeypatch.setattr(streaming, "MAX_BACKLOG_BYTES", 8 << 20)
     reader = subscribe(streams)
     reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
-    image = np.zeros(1 << 20, np.uint8)  # 1 MiB, a large camera frame
     t0 = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="sim.carla_server.streaming"):
+        taken = []
         for k in range(40):  # 40 MiB to a reader that takes nothing: far beyond every socket buffer
-            image[:8] = k
-            assert streams.publish(STREAM, struct.pack("<I", k), image) == 1
+            image = np.full(1 << 20, k, np.uint8)  # each message its own buffer, as the world's images are
+            taken.append(streams.publish(STREAM, struct.pack("<I", k), image))
     assert time.monotonic() - t0 < 2.0  # each publish returned at once (a blocking send would wait 5 s)
+    assert taken[:5] == [1] * 5 and taken[-1] == 0  # sent or queued at first, then dropped
     assert "its reader is" in caplog.text and "messages dropped" in caplog.text
     got = [read_message(reader) for _ in range(5)]
     assert [struct.unpack("<I", m[:4])[0] for m in got] == [0, 1, 2, 3, 4]  # the oldest first, none torn
@@ -84,6 +85,31 @@ def test_a_reader_that_takes_nothing_for_the_send_timeout_is_disconnected(stream
     reader.close()
 
 
+def test_a_slow_but_steady_reader_stays_connected(streams, monkeypatch):
+    """The socket of a slow reader rarely becomes writable (Linux waits for a third of the buffer to free);
+    its progress is seen in the send queue, so only a reader that takes nothing is dropped."""
+    monkeypatch.setattr(streaming, "SEND_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(streaming, "DRAIN_POLL_S", 0.05)
+    reader = subscribe(streams)
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    stop, got = threading.Event(), []
+
+    def read_slowly():
+        while not stop.is_set():
+            got.append(len(reader.recv(16 << 10)))
+            time.sleep(0.02)  # about 0.8 MB/s
+
+    thread = threading.Thread(target=read_slowly, daemon=True)
+    thread.start()
+    for _ in range(15):  # 10 MB/s offered for 1.5 s: the backlog grows, the reader keeps taking
+        streams.publish(STREAM, np.zeros(1 << 20, np.uint8))
+        time.sleep(0.1)
+    assert streams.subscribers(STREAM) == 1 and sum(got) > 0
+    stop.set()
+    reader.close()
+    thread.join(2.0)
+
+
 @pytest.fixture()
 def server():
     s = CarlaServer(host="127.0.0.1", port=0, streaming_port=0, map_name="one-turn")
@@ -102,14 +128,29 @@ def test_a_stalled_camera_reader_does_not_freeze_the_world_or_other_calls(server
     reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
     world.apply_settings(EpisodeSettings(synchronous_mode=True, fixed_delta_seconds=0.05))
     first = world.frame
+    ticking = threading.Thread(target=lambda: [world.tick() for _ in range(40)])  # 1.9 MB frames, never read
     t0 = time.monotonic()
-    for _ in range(40):  # 40 frames of 1.9 MB for a reader that reads nothing
-        world.tick()
+    ticking.start()
+    time.sleep(0.05)
+    t1 = time.monotonic()
+    world.apply_control(car.id, VehicleControl(throttle=0.5))  # takes the world lock between two ticks
+    assert time.monotonic() - t1 < 1.0
+    ticking.join(10.0)
     assert world.frame == first + 40 and time.monotonic() - t0 < 5.0
-    got = threading.Event()
-    threading.Thread(target=lambda: (world.get(car.id), got.set()), daemon=True).start()
-    assert got.wait(1.0)  # a call that takes the world lock is answered at once
     reader.close()
+
+
+def test_calls_get_the_lock_while_the_async_ticker_runs_behind(server, monkeypatch):
+    """Ticks slower than the step: the ticker must still leave the world lock to the RPC threads."""
+    world = server.world
+    tick = world.tick
+    monkeypatch.setattr(world, "tick", lambda: (time.sleep(0.02), tick())[1])  # 20 ms per tick, 1 ms steps
+    world.apply_settings(EpisodeSettings(fixed_delta_seconds=0.001))
+    time.sleep(0.2)
+    for _ in range(5):
+        t0 = time.monotonic()
+        world.apply_settings(EpisodeSettings(fixed_delta_seconds=0.001))
+        assert time.monotonic() - t0 < 0.5
 
 
 def test_fixed_delta_seconds_must_be_a_finite_step(server):
@@ -153,17 +194,27 @@ def _shot(world, cam):
     return Shot(cam, *world._view(cam), world.frame, world.elapsed_s, world.world_transform(cam))
 
 
-def test_a_car_teleported_into_a_building_can_drive_out(server):
+def test_a_car_teleported_into_a_building_drives_out_but_never_deeper_in(server):
     world = server.world
-    car = world.spawn(ActorDescription(1, "vehicle.tesla.model3"), Transform(*world.map.spawn_points[0]))
-    box = world.map.collision.boxes[0]
-    cx, cy = box.mean(axis=0)
-    world.set_transform(car.id, Transform(float(cx), float(cy), 0.3, 0.0, 0.0, 0.0))
+    (x0, y0), (x1, y1) = world.map.collision.boxes[0].min(axis=0), world.map.collision.boxes[0].max(axis=0)
+    half_length = world.params.length_m / 2
     world.apply_settings(EpisodeSettings(synchronous_mode=True, fixed_delta_seconds=0.05))
-    world.apply_control(car.id, VehicleControl(throttle=1.0))
+    # inside the building, facing its east wall: it drives out through it (it was stuck for good before)
+    inside = world.spawn(ActorDescription(1, "vehicle.tesla.model3"), Transform(*world.map.spawn_points[0]))
+    world.set_transform(inside.id, Transform(float(x0 + x1) / 2, float(y0 + y1) / 2, 0.3, 0.0, 0.0, 0.0))
+    world.apply_control(inside.id, VehicleControl(throttle=1.0))
+    for _ in range(80):
+        world.tick()
+    assert inside.state.x_m > x1 + half_length and inside.state.y_m == pytest.approx((y0 + y1) / 2)
+    world.destroy(inside.id)
+    # its nose 0.3 m into the west wall, facing in: full throttle moves it no deeper
+    nose_in = world.spawn(ActorDescription(1, "vehicle.tesla.model3"), Transform(*world.map.spawn_points[0]))
+    start = float(x0) + 0.3 - half_length
+    world.set_transform(nose_in.id, Transform(start, float(y0 + y1) / 2, 0.3, 0.0, 0.0, 0.0))
+    world.apply_control(nose_in.id, VehicleControl(throttle=1.0))
     for _ in range(40):
         world.tick()
-    assert math.hypot(car.state.x_m - cx, car.state.y_m - cy) > 1.0
+    assert nose_in.state.x_m == pytest.approx(start) and nose_in.state.speed_mps == 0.0
 
 
 def test_a_malformed_request_is_answered_with_an_error():
