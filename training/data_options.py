@@ -16,6 +16,7 @@ sees.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -43,8 +44,8 @@ class LabelOptions:
     def __post_init__(self) -> None:
         if self.steer_limit is not None and not 0.0 < self.steer_limit <= 1.0:
             raise UsageError(f"steer limit {self.steer_limit} is outside (0, 1]; the paper keeps |steer| <= 0.25")
-        if self.steer_scale <= 0.0:
-            raise UsageError(f"steer scale {self.steer_scale} must be positive; the paper multiplies by 4")
+        if not (math.isfinite(self.steer_scale) and self.steer_scale > 0.0):
+            raise UsageError(f"steer scale {self.steer_scale} must be a positive number; the paper multiplies by 4")
         if self.max_per_bin is not None and self.max_per_bin < 1:
             raise UsageError(f"max frames per bin {self.max_per_bin} must be at least 1 (or None: no cap)")
 

@@ -257,7 +257,9 @@ class DrivingDataset(Dataset):
             rng = np.random.default_rng([self.seed, int(epoch), frame])
             if rng.random() < self.augment.flip_prob:
                 image = image[:, ::-1]
-                steer, label, command = -steer, int(self.bins.mirror(label)), command.mirrored
+                steer, command = -steer, command.mirrored
+                label = int(self.bins.index(steer))  # not mirror(label): a value on a bin edge (0 with an even
+                # number of bins) belongs to the bin above it on both sides
             if self.augment.jitter:
                 image = color_jitter(image, rng, self.augment)
         return {"image": torch.from_numpy(np.ascontiguousarray(image)),

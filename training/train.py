@@ -123,8 +123,9 @@ class TrainConfig:
             raise UsageError(f"--min-lr {self.min_lr} must be in [0, lr={self.lr}]")
         if not 0 <= self.warmup_fraction < 1:
             raise UsageError(f"warm-up fraction {self.warmup_fraction} must be in [0, 1), e.g. 0.05")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise UsageError("--weight-decay and --grad-clip must not be negative (0 disables)")
+        if not (self.weight_decay >= 0 and self.grad_clip >= 0) or math.isinf(self.weight_decay + self.grad_clip):
+            raise UsageError(f"--weight-decay {self.weight_decay} and --grad-clip {self.grad_clip} must be finite "
+                             "and not negative (0 disables)")
         if not 0 < self.val_fraction < 1:
             raise UsageError(f"--val-fraction {self.val_fraction} must be in (0, 1), e.g. 0.2")
         if self.workers < 0:
@@ -649,6 +650,13 @@ def resume(loop: Loop) -> list[dict[str, Any]]:
         raise CheckpointError(f"cannot resume {loop.run}: its checkpoint does not match this configuration "
                               f"({'; '.join(diffs[:4])}); resume with the run's settings or choose another --out")
     stored = json.loads((loop.run / "config.json").read_text()) if (loop.run / "config.json").is_file() else {}
+    now = json.loads(json.dumps(cfg.to_dict()))
+    changed = [f"{k}: {stored[k]!r} in the run, {now[k]!r} now" for k in RESUME_FIXED if k in stored
+               and stored[k] != now[k]]
+    if changed:
+        raise CheckpointError(f"cannot resume {loop.run}: {'; '.join(changed[:3])}; the rest of a run trains as it "
+                              "began (only --epochs, workers and devices may change): resume with the run's "
+                              "settings or choose another --out")
     if stored.get("split") and stored["split"] != _split_record(loop.data.split):
         raise CheckpointError(f"cannot resume {loop.run}: the episodes of {cfg.data} differ from the ones the run "
                               "was split on (other data, or a run of several datasets started before their split "
@@ -670,6 +678,10 @@ def resume(loop: Loop) -> list[dict[str, Any]]:
         history.append({**ckpt.meta.get("metrics", {}), "epoch": ts.epoch})
     restore_rng_states(ts.rng_states)  # last: building the model and loaders drew from the generators
     return history
+
+
+RESUME_FIXED = ("labels", "augment", "batch_size", "lr", "min_lr", "warmup_fraction", "weight_decay", "grad_clip",
+                "val_fraction", "patience", "balanced_sampling", "seed")  # what a resumed run may not change
 
 
 def _split_record(split: Split) -> dict[str, list[str]]:
@@ -736,7 +748,8 @@ def run_epochs(loop: Loop, history: list[dict[str, Any]]) -> TrainResult:
                                  "train_frames": len(loop.data.split.train), "val_frames": len(loop.data.split.val),
                                  "world_size": loop.world.world_size})
     stopped = "early_stopping" if state.bad_epochs >= cfg.patience else "completed"
-    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+    last_epoch = state.epoch if stopped == "early_stopping" else cfg.epochs  # a resumed early stop stays stopped
+    for epoch in range(state.epoch + 1, last_epoch + 1):
         train_metrics = train_epoch(loop, epoch)
         pred = predict(loop)
         metrics = {**train_metrics, **validation_metrics(pred, loop.net, cfg.labels.steer_scale)}

@@ -107,6 +107,19 @@ def test_flip_mirrors_image_steering_and_class_together(index, frames):
     assert 0.3 < np.mean(outcomes) < 0.7
 
 
+def test_a_flipped_frame_on_a_bin_edge_keeps_the_bin_of_its_value(index):
+    """With an even number of bins 0 is an edge, and straight driving is exactly 0: a flipped 0 (-0.0) is in
+    the same bin as 0, not the mirrored one."""
+    ten = LabelOptions(n_bins=10, steer_limit=None)
+    frames = label_dataset(index, ten)
+    zero = np.flatnonzero(frames.steer == 0.0)
+    assert len(zero)
+    flipped = DrivingDataset(index, frames, PRE, ten.bins, AugmentConfig(1.0, 0.0, 0.0, 0.0))
+    for i in zero[:5]:
+        sample = flipped[(int(i), 0)]
+        assert sample["bin"].item() == frames.classes[i] == ten.bins.index(0.0) == 5
+
+
 def test_jitter_is_a_function_of_seed_epoch_and_frame(index, frames):
     aug = AugmentConfig(0.5, 0.3, 0.3, 0.3)
     data = DrivingDataset(index, frames, PRE, BINS, aug, seed=5)

@@ -187,12 +187,22 @@ def test_resume_after_a_kill_between_checkpoint_and_metrics_keeps_the_epoch(inte
     assert epochs[0]["val_loss"] == val_loss
 
 
-def test_nan_loss_stops_with_one_error_and_keeps_the_last_good_checkpoint(interrupted, tmp_path):
+def test_resume_refuses_settings_that_change_how_the_rest_trains(interrupted, tmp_path):
+    run = copy_run(interrupted, tmp_path / "changed")
+    with pytest.raises(CheckpointError, match=r"batch_size: 16 in the run, 64 now; lr: 0.003 in the run, 0.01 now"):
+        train(tiny(interrupted.data, run, resume=True, batch_size=64, lr=1e-2))
+    with pytest.raises(CheckpointError, match=r"labels: .*'steer_limit': 0.25.* in the run"):
+        train(tiny(interrupted.data, run, resume=True, labels=LabelOptions(steer_limit=None)))
+    assert train(tiny(interrupted.data, run, resume=True, epochs=3)).epochs_completed == 3  # more epochs: fine
+
+
+def test_nan_loss_stops_with_one_error_and_keeps_the_last_good_checkpoint(interrupted, tmp_path, monkeypatch):
     run = copy_run(interrupted, tmp_path / "nan")
     before = {p.name: p.read_bytes() for p in (run / "last").iterdir()}
+    monkeypatch.setattr(train_module, "get_lr", lambda *args: 1e30)  # epoch 2 diverges
     with pytest.raises(TrainingDiverged, match=r"loss became NaN or infinite in epoch 2 .*the last good checkpoint "
                                                r"is .*last \(epoch 1\); lower --lr"):
-        train(tiny(interrupted.data, run, resume=True, lr=1e30, log_every=1))
+        train(tiny(interrupted.data, run, resume=True, log_every=1))
     assert {p.name: p.read_bytes() for p in (run / "last").iterdir()} == before
     assert json.loads((run / "metrics.json").read_text())["last_epoch"] == 1
     assert load_checkpoint(run / "last").meta["epoch"] == 1
@@ -243,6 +253,10 @@ def test_early_stopping_on_validation_loss(data_root, tmp_path, monkeypatch):
     assert (metrics["stopped"], metrics["best_epoch"], len(metrics["epochs"])) == ("early_stopping", 2, 4)
     assert load_checkpoint(tmp_path / "early" / "best").meta["epoch"] == 2
     assert load_checkpoint(tmp_path / "early" / "last").meta["epoch"] == 4
+    last = (tmp_path / "early" / "last" / "model.safetensors").read_bytes()
+    again = train(tiny(data_root, tmp_path / "early", epochs=6, patience=2, batch_size=64, resume=True))
+    assert (again.stopped, again.epochs_completed) == ("early_stopping", 4)  # a stopped run stays stopped
+    assert (tmp_path / "early" / "last" / "model.safetensors").read_bytes() == last
 
 
 def test_get_lr_warms_up_then_decays_to_the_floor():
@@ -259,6 +273,11 @@ def test_config_is_validated(data_root):
         TrainConfig(data="d", out="o", network=NET, preprocess=PRE, labels=LabelOptions(n_bins=5))
     with pytest.raises(UsageError, match="--batch-size must be a positive integer"):
         tiny(data_root, "o", batch_size=0)
+    for bad in ({"weight_decay": math.nan}, {"grad_clip": math.inf}):
+        with pytest.raises(UsageError, match="must be finite and not negative"):
+            tiny(data_root, "o", **bad)
+    with pytest.raises(UsageError, match="steer scale nan must be a positive number"):
+        LabelOptions(steer_scale=math.nan)
     with pytest.raises(CarilError, match="unknown training preset 'huge'; valid training presets: fast, paper"):
         TrainConfig.preset("huge", data="d", out="o")
     paper = TrainConfig.preset("paper", data="d", out="o")
