@@ -222,7 +222,8 @@ def _pretrained_state_dict(cfg: NetworkConfig) -> tuple[dict[str, torch.Tensor],
         url = torchvision.models.get_model_weights(cfg.backbone).DEFAULT.url
         raise PretrainedWeightsError(
             f"pretrained {cfg.backbone} weights not found at {path}; nothing is downloaded: copy {path.name} "
-            f"(published at {url}) into {path.parent}/ or pass --weights PATH, or train without pretrained weights")
+            f"(published at {url}) into {path.parent}/ or pass --weights PATH, or train from random weights with "
+            "--no-pretrained")
     return _read_state_dict(path), path
 
 

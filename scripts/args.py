@@ -32,6 +32,13 @@ def arg(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> An
     return dataclasses.field(default=default, metadata=meta)
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless its help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if "(default:" in (action.help or "") else super()._get_help_string(action)
+
+
 def env_default(name: str, default: Any) -> Any:
     """``default``, or the environment variable ``name`` when it is set (as CARLA's examples read
     ``CARLA_HOST``), converted to ``default``'s type. A value that does not convert stays text: argparse
@@ -53,8 +60,7 @@ def _base_type(tp: Any) -> Any:
 
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
     """An argparse parser with one option per field of the dataclass ``cls``."""
-    parser = OneLineParser(prog=prog, description=description,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(prog=prog, description=description, formatter_class=_DefaultsHelpFormatter)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         name = "--" + f.name.replace("_", "-")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 from scripts.args import parse
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except CarilError as e:
         sys.stderr.write(f"{prog}: error: {e}\n")
         return 2 if isinstance(e, (KeyError, ValueError)) else 1
+    except BrokenPipeError:  # the reader of stdout went away (caril data info DIR | head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError) as e:
         where = f" {e.filename}" if e.filename else ""  # a path the user gave that cannot be used as asked
         sys.stderr.write(f"{prog}: error: cannot use{where}: {e.strerror or e}\n")

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from agent.correction import STRATEGIES
 from scripts.args import arg, env_default
 from sim.backends import BACKENDS
+from sim.carla_routes import carla_route_names
 from sim.errors import UsageError
 from sim.routes import parse_routes
 from sim.types import DEFAULT_DT_S, CameraConfig, parse_resolution
@@ -79,7 +80,8 @@ class Args:
                             amplitude=self.noise_amplitude, min_duration_s=self.noise_min_s,
                             max_duration_s=self.noise_max_s)
         self.config = CollectConfig(
-            routes=tuple(parse_routes(self.routes)), weathers=tuple(w.name for w in parse_weathers(self.weathers)),
+            routes=tuple(carla_route_names(self.routes) if self.backend == "carla" else parse_routes(self.routes)),
+            weathers=tuple(w.name for w in parse_weathers(self.weathers)),
             episodes=self.episodes, seed=self.seed, backend=self.backend,
             camera=CameraConfig(width=width, height=height, fov_deg=self.fov), dt_s=self.dt,
             codec=ImageCodec(self.image_format, self.jpeg_quality, self.png_compression), noise=noise,

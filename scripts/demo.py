@@ -58,7 +58,7 @@ def run(args: Args) -> int:
         "--resume"], "caril evaluate", evaluate.DESCRIPTION)
     if why := evaluate.resume_mismatch(eval_args, trust_legacy=False):  # e.g. another shipped policy
         print(f"{eval_dir}: {why}; evaluating afresh", flush=True)
-        eval_args.resume = False
+        eval_args.resume, eval_args.overwrite = False, True
     evaluate.run(eval_args)
     print_table(json.loads((eval_dir / "summary.json").read_text()))
     print(f"\nreport: {eval_dir / 'report.md'}  plots: {eval_dir / 'plots'}  episodes: {eval_dir / 'results.csv'}")

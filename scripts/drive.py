@@ -50,6 +50,9 @@ class Args:
     backend: str = arg("embedded", help="simulator backend", choices=BACKENDS)
     host: str = arg(env_default("CARLA_HOST", "127.0.0.1"), help="CARLA server host (--backend carla; env CARLA_HOST)")
     port: int = arg(env_default("CARLA_PORT", 2000), help="CARLA server RPC port (env CARLA_PORT)")
+    tm_port: int = arg(env_default("CARLA_TM_PORT", 8000), help="CARLA Traffic Manager port (env CARLA_TM_PORT)")
+    timeout: float = arg(10.0, help="CARLA client timeout, seconds")
+    town: str = arg("Town04", help="CARLA map to load ('' keeps the loaded one; caril serve's maps are its routes)")
     res: str = arg("1280x720", help="window size WIDTHxHEIGHT")
     camera_res: str = arg("448x448", help="camera resolution WIDTHxHEIGHT (what the policy sees, scaled to fit)")
     fov: float = arg(110.0, help="camera horizontal field of view, degrees")
@@ -98,7 +101,8 @@ def run(args: Args) -> int:
     policy = make_drive_policy(args.policy, dt_s=DEFAULT_DT_S, checkpoint=args.checkpoint, correction=args.correction,
                                 cuda_graphs=args.cuda_graphs)
     init_pygame(headless=args.headless)
-    settings = {"host": args.host, "port": args.port} if args.backend == "carla" else {}
+    settings = {"host": args.host, "port": args.port, "tm_port": args.tm_port, "timeout_s": args.timeout,
+                "town": args.town or None} if args.backend == "carla" else {}
     sim = make_simulator(args.backend, camera=args.camera_config, **settings)
     recording = DatasetRecording(args.record or Path(args.out) / "dataset",
                                  (args.camera_config.width, args.camera_config.height), 1.0 / sim.dt_s)

@@ -59,14 +59,21 @@ class Args:
     fov: float = arg(110.0, help="camera horizontal field of view, degrees")
     spawn_noise: float = arg(0.0, help="std of a lateral spawn offset drawn from each episode's seed, metres")
     camera: bool = arg(True, help="render the camera; --no-camera skips it (privileged expert only): faster")
-    workers: int = arg(1, help="episodes run in parallel processes")
+    workers: int = arg(1, help="episodes run in parallel processes (embedded backend; one CARLA server serves one "
+                               "client)")
     resume: bool = arg(False, help="continue an interrupted campaign in OUT")
+    overwrite: bool = arg(False, help="replace the results a finished or interrupted campaign left in OUT")
 
     def __post_init__(self) -> None:
         if self.trials < 1:
             raise UsageError(f"--trials must be at least 1, got {self.trials}")
         if self.workers < 1:
             raise UsageError(f"--workers must be at least 1, got {self.workers}")
+        if self.workers > 1 and self.backend != "embedded":
+            raise UsageError("--workers > 1 needs --backend embedded: one CARLA server serves one client, and "
+                             "parallel clients would destroy each other's actors")
+        if self.resume and self.overwrite:
+            raise UsageError("--resume continues the results in OUT, --overwrite replaces them: choose one")
         if self.seed < 0:
             raise UsageError(f"--seed must not be negative, got {self.seed}")
         self._check_policy_options()
@@ -177,7 +184,11 @@ def resume_mismatch(args: Args, trust_legacy: bool = True) -> str | None:
 def run(args: Args) -> int:
     out = Path(args.out)
     if args.resume and (why := resume_mismatch(args)):
-        raise UsageError(f"cannot resume {out}: {why}; evaluate into another --out, or delete its results")
+        raise UsageError(f"cannot resume {out}: {why}; evaluate into another --out, or replace its results with "
+                         "--overwrite")
+    if not (args.resume or args.overwrite) and read_results(out / "results.csv"):
+        raise UsageError(f"{out} already holds evaluation results; continue them with --resume, replace them with "
+                         "--overwrite, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     config = asdict(args) | {"route_names": args.route_names, "weather_names": args.weather_names,
                              "camera_config": args.camera_config.to_dict(), "result_settings": result_settings(args)}

@@ -101,6 +101,8 @@ def build_config(a: Args) -> TrainConfig:
     preprocess = PreprocessConfig(normalisation=a.normalisation)
     if a.input_size:
         width, height = parse_resolution(a.input_size)
+        if not (32 <= width <= 2048 and 32 <= height <= 2048):
+            raise UsageError(f"--input-size {a.input_size}: each side must be 32..2048 pixels")
         overrides["input_size"] = (height, width)
         preprocess = PreprocessConfig(height=height, width=width, normalisation=a.normalisation)
     net = NetworkConfig.from_dict({**net.to_dict(), **overrides})

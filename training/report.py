@@ -252,7 +252,8 @@ def _rule_shares(members: list[dict], label: str) -> dict[str, float]:
 
 def _compare(entries: dict[str, dict], reference: str) -> None:
     """Add ``relative_change`` and ``ci_overlaps_reference`` to each metric of each entry (NaN / None where
-    there is no reference, no value, or for the reference itself)."""
+    there is no reference, no value, or for the reference itself; the overlap also None with fewer than two
+    values on either side)."""
     base = entries.get(reference)
     for label, entry in entries.items():
         for metric, stats in entry["metrics"].items():
@@ -260,8 +261,9 @@ def _compare(entries: dict[str, dict], reference: str) -> None:
             usable = ref is not None and label != reference and math.isfinite(ref["mean"]) \
                 and math.isfinite(stats["mean"])
             stats["relative_change"] = relative_change(stats["mean"], ref["mean"]) if usable else math.nan
+            spread = usable and min(stats["n"], ref["n"]) >= 2  # one value is no interval: nothing to overlap
             stats["ci_overlaps_reference"] = (stats["low"] <= ref["high"] and ref["low"] <= stats["high"]) \
-                if usable else None
+                if spread else None
 
 
 def _route_completion(route_name: str, x_m: np.ndarray, y_m: np.ndarray) -> float:

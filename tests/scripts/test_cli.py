@@ -77,6 +77,18 @@ def test_evaluate_resumes_a_campaign_from_before_result_settings_on_its_stored_c
     assert r.returncode == 0 and "0 episodes" in r.stdout, r.stderr
 
 
+def test_evaluate_never_overwrites_results_unless_asked(tmp_path):
+    out = tmp_path / "eval"
+    assert caril("evaluate", "--routes", "straight", "--no-camera", "--out", str(out)).returncode == 0
+    first = (out / "results.csv").read_text()
+    r = caril("evaluate", "--routes", "one-turn", "--no-camera", "--out", str(out))
+    assert r.returncode == 2 and "already holds evaluation results; continue them with --resume" in r.stderr
+    assert (out / "results.csv").read_text() == first
+    r = caril("evaluate", "--routes", "one-turn", "--no-camera", "--overwrite", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert [ln.split(",")[0] for ln in (out / "results.csv").read_text().splitlines()[1:]] == ["one-turn"]
+
+
 def test_evaluate_counts_each_name_once(tmp_path):
     out = tmp_path / "eval"
     r = caril("evaluate", "--routes", "straight,straight", "--weathers", "ClearNoon,ClearNoon", "--no-camera",
@@ -110,6 +122,9 @@ def test_a_path_that_cannot_be_used_is_one_line(tmp_path):
     (["evaluate", "--spawn-noise", "nan", "--out", "x"], "--spawn-noise nan m must be in 0..5 m"),
     (["evaluate", "--backend", "carla", "--spawn-noise", "0.3", "--out", "x"], "--spawn-noise is for the embedded"),
     (["collect", "--dt", "0.5", "--out", "x"], "--dt 0.5 s is outside 0.001..0.1 s"),
+    (["evaluate", "--backend", "carla", "--workers", "2", "--routes", "0:1", "--out", "x"],
+     "--workers > 1 needs --backend embedded"),
+    (["evaluate", "--resume", "--overwrite", "--out", "x"], "--resume continues the results in OUT, --overwrite"),
     (["data", "check", "x", "--fast", "--sample", "-1"], "--sample must be 0 or more frames, got -1"),
     (["fly"], "unknown command 'fly'"),
     (["bench"], "name a benchmark first: one of sim, collect"),

@@ -354,6 +354,32 @@ def test_caril_evaluate_with_the_carla_backend_completes_the_served_route_like_t
     assert float(served["lateral_offset_mean_m"]) == pytest.approx(embedded["lateral_offset_mean_m"], abs=0.02)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_caril_collect_and_drive_with_the_carla_backend_use_the_served_map(server, tmp_path):
+    """collect records a start:end route of the served map; drive loads the map it is told (not Town04)."""
+    common = ["--backend", "carla", "--port", str(server.port), "--tm-port", str(_free_port()), "--town", "one-turn"]
+    data = tmp_path / "data"
+    r = subprocess.run([sys.executable, "-m", "scripts.cli", "collect", *common, "--routes", "0:1", "--episodes", "1",
+                        "--max-frames", "20", "--res", "64x64", "--out", str(data)],
+                       capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-4000:]
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert [(e["route"], e["frames"]) for e in manifest["episodes"]] == [("0:1", 20)]
+    shot = tmp_path / "drive.png"
+    r = subprocess.run([sys.executable, "-m", "scripts.cli", "drive", *common, "--route", "0:1", "--headless",
+                        "--frames", "20", "--camera-res", "64x64", "--res", "320x240", "--screenshot", str(shot),
+                        "--out", str(tmp_path / "drive")],
+                       capture_output=True, text=True, timeout=180, cwd=ROOT, env={**os.environ,
+                                                                                   "SDL_VIDEODRIVER": "dummy"})
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert shot.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_caril_serve_stops_cleanly_on_sigterm():
     proc = subprocess.Popen([sys.executable, "-m", "scripts.cli", "serve", "--port", "0", "--map", "straight"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)

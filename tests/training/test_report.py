@@ -171,6 +171,14 @@ def test_relative_change_against_the_reference_correction(constructed):
     assert parse_cell(cells["caril"]["collisions"])[4] == "n/a"
     assert parse_cell(cells["regression"]["Fréchet (m)"])[4] is None  # the reference has no change to itself
     assert "- overall, `caril` vs `regression`: Fréchet (m) 3.025 -> 1.512, -50.0%" in md
+    one_each = [r for r in read_results(constructed / "results.csv")  # one route, --trials 1
+                if r["trial"] == "0" and r["route"] == "straight"]
+    write_table(constructed / "results.csv", RESULT_COLUMNS, [[r[c] for c in RESULT_COLUMNS] for r in one_each])
+    single = write_report(constructed, reference_correction="regression", n_resamples=N_RESAMPLES)
+    frechet = single["groups"]["straight"]["caril"]["metrics"]["frechet_m"]
+    assert frechet["relative_change"] == pytest.approx(-0.5) and frechet["ci_overlaps_reference"] is None
+    assert "*" not in markdown_table((constructed / "report.md").read_text(), "Overall")["caril"]["Fréchet (m)"]
+    write_table(constructed / "results.csv", RESULT_COLUMNS, constructed_rows())
     against_caril = write_report(constructed, reference_correction="caril", n_resamples=N_RESAMPLES)
     assert against_caril["groups"]["overall"]["regression"]["metrics"]["frechet_m"]["relative_change"] == \
         pytest.approx(1.0, abs=1e-12)
