@@ -246,15 +246,15 @@ class DrivingDataset(Dataset):
                                f"{self.frame_shape[1]}x{self.frame_shape[0]}; re-record the episode")
         return crop_and_resize(image, self.preprocess)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        i, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict[str, torch.Tensor]:
+        i, epoch, repeat = (key, 0, 0) if isinstance(key, (int, np.integer)) else (*key, 0)[:3]
         frame = int(self.frames.indices[i])
         image = self.load_image(frame)  # (h, w, 3) uint8
         steer = float(self.frames.steer[i])
         label = int(self.frames.classes[i])
         command = RoadOption(int(self.frames.commands[i]))
         if self.augment is not None:
-            rng = np.random.default_rng([self.seed, int(epoch), frame])
+            rng = np.random.default_rng([self.seed, int(epoch), frame, *([int(repeat)] if repeat else [])])
             if rng.random() < self.augment.flip_prob:
                 image = image[:, ::-1]
                 steer, command = -steer, command.mirrored
@@ -278,7 +278,8 @@ def class_weights(classes: np.ndarray, n_bins: int) -> np.ndarray:
 
 
 class TrainSampler(Sampler):
-    """Keys ``(i, epoch)`` for :class:`DrivingDataset`, a pure function of ``(seed, epoch)``, sharded by rank.
+    """Keys ``(i, epoch)`` for :class:`DrivingDataset` (with ``balanced``, ``(i, epoch, repeat)``: the how-many-th
+    draw of that frame in the epoch), a pure function of ``(seed, epoch)``, sharded by rank.
 
     Each epoch draws an order with a generator seeded ``seed + epoch``: a permutation (``torch.randperm``,
     as ``DistributedSampler``) or, with ``balanced``, ``len(classes)`` draws with replacement and weights
@@ -310,9 +311,18 @@ class TrainSampler(Sampler):
         total = self.per_rank * self.world_size
         return (order * -(-total // max(self.n, 1)))[:total]  # padded by repeating the start, as DistributedSampler
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for i in self.order()[self.rank::self.world_size]:
-            yield (int(i), self.epoch)
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
+        order = self.order()
+        if self.weights is None:
+            for i in order[self.rank::self.world_size]:
+                yield (int(i), self.epoch)
+            return
+        seen: dict[int, int] = {}  # draws of each frame so far in this epoch's order (over all ranks)
+        keys = []
+        for i in map(int, order):
+            keys.append((i, self.epoch, seen.get(i, 0)))  # a frame drawn again gets its own flip and jitter
+            seen[i] = seen.get(i, 0) + 1
+        yield from keys[self.rank::self.world_size]
 
     def __len__(self) -> int:
         return self.per_rank

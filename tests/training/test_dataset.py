@@ -156,11 +156,28 @@ def test_train_sampler_is_seeded_sharded_and_balanced(frames):
     assert set(a) | set(b) == set(range(len(classes)))
     assert len(set(a) & set(b)) == 2 * len(a) - len(classes)  # only the padding repeats
     balanced = TrainSampler(classes, seed=3, balanced=True)
-    drawn = np.concatenate([classes[[i for i, _ in balanced]] for balanced.epoch in range(40)])
+    drawn = np.concatenate([classes[[i for i, _, _ in balanced]] for balanced.epoch in range(40)])
     counts = np.bincount(drawn, minlength=11)[np.unique(classes)]
     assert counts.max() / counts.min() < 1.3  # while the data is dominated by "straight"
     assert np.bincount(classes).max() / np.bincount(classes)[np.unique(classes)].min() > 5
     assert list(ShardSampler(7, 1, 3)) == [1, 4]
+
+
+def test_a_frame_drawn_twice_in_an_epoch_is_augmented_anew(index, frames):
+    """Balanced sampling draws rare frames several times an epoch: each draw gets its own flip and jitter,
+    and the keys still depend only on (seed, epoch), not on ranks or workers."""
+    balanced = TrainSampler(frames.classes, seed=3, balanced=True)
+    keys = list(balanced)
+    again = [k for k in keys if k[2] > 0]
+    assert again and all(k[1] == 0 for k in keys)
+    for rank in (0, 1):  # the shards hold exactly the single-process keys
+        shard = TrainSampler(frames.classes, seed=3, balanced=True, rank=rank, world_size=2)
+        assert list(shard) == keys[rank::2][:len(shard)]
+    jitter = DrivingDataset(index, frames, PRE, BINS, AugmentConfig(0.5, 0.3, 0.3, 0.3))
+    i = again[0][0]
+    first, second = jitter[(i, 0, 0)], jitter[(i, 0, again[0][2])]
+    assert not torch.equal(first["image"], second["image"])
+    assert torch.equal(jitter[(i, 0)]["image"], first["image"])  # draw 0 is augmented as before
 
 
 def test_empty_dataset_is_one_clear_error(tmp_path):
