@@ -28,7 +28,6 @@ import re
 import signal
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -115,6 +114,7 @@ class CarlaConfig:
     substepping must cover: ``max_substep_delta_time_s * max_substeps >= dt_s``. ``autopilot`` lets the
     Traffic Manager drive (``step`` then ignores its control and reports the applied one).
     ``take_over_sync`` accepts a server that is already synchronous (left frozen by a dead client).
+    ``busy_probe_s``: how long a server found synchronous is watched for ticks from another live client.
     """
 
     host: str = "127.0.0.1"
@@ -138,6 +138,7 @@ class CarlaConfig:
     allow_version_mismatch: bool = False
     take_over_sync: bool = False
     handle_sigterm: bool = True
+    busy_probe_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65534 or not 1 <= self.tm_port <= 65535:
@@ -180,7 +181,9 @@ def _is_timeout(error: BaseException) -> bool:
 
 
 # -- process-wide safety nets: every open simulator is closed at exit and on SIGTERM ---------------------
-_OPEN: weakref.WeakSet[CarlaSimulator] = weakref.WeakSet()
+# strong references: a simulator dropped without close() must still restore its server at exit (a weak set
+# lost it to the garbage collector, leaving the server frozen in synchronous mode with our actors on it)
+_OPEN: set[CarlaSimulator] = set()
 
 
 def _close_all_open() -> None:
@@ -303,7 +306,9 @@ class CarlaSimulator(Simulator):
                                        f"{START_SERVER_HINT}") from None
         self._check_versions()
         try:
-            self._world = self._load_town(self._client.get_world())
+            world = self._client.get_world()
+            self._refuse_a_live_ticker(world)  # before touching its map or actors
+            self._world = self._load_town(world)
             self.leftovers_removed = self._remove_leftovers()
             self._enter_synchronous_mode()
             if cfg.autopilot:  # only the autopilot needs a Traffic Manager; an idle one can stall ticks (P20)
@@ -345,6 +350,18 @@ class CarlaSimulator(Simulator):
             self._client.set_timeout(self.config.timeout_s)
         self._map = world.get_map()
         return world
+
+    def _refuse_a_live_ticker(self, world: Any) -> None:
+        """A synchronous server whose frame moves while we watch is ticked by another live client: taking it
+        over (or removing actors of our role name) would break that client, so that is CarlaServerBusy. One
+        left frozen by a dead client stands still and may be taken over."""
+        if not world.get_settings().synchronous_mode:
+            return
+        first = world.get_snapshot().frame
+        time.sleep(self.config.busy_probe_s)
+        if world.get_snapshot().frame != first:
+            raise CarlaServerBusy(f"another client is ticking the synchronous CARLA server at {self.config.host}:"
+                                  f"{self.config.port} right now (only one may); stop it, or use another server")
 
     def _is_ours(self, actor: Any) -> bool:
         role = str(actor.attributes.get("role_name", ""))
@@ -721,4 +738,9 @@ def make_carla_env(route: str = "two-turn", weather: str = "ClearNoon", camera: 
     if camera is None:
         base = CameraConfig()
         camera = CameraConfig(width=width or base.width, height=height or base.height, fov_deg=fov_deg or base.fov_deg)
-    return DrivingEnv(CarlaSimulator(camera=camera, **sim_kwargs), route, weather, render_mode)
+    sim = CarlaSimulator(camera=camera, **sim_kwargs)
+    try:
+        return DrivingEnv(sim, route, weather, render_mode)
+    except BaseException:  # e.g. a route this map lacks: give the server back before saying so
+        sim.close()
+        raise

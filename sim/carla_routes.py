@@ -241,7 +241,7 @@ class RoutePlanner:
         first, last = self._edge_of(start), self._edge_of(end)
         end_p = _xyz(end)
         if first == last:
-            direct = walk_lane(start, end_p, step, self.edges[first].length_m + step)
+            direct = walk_lane(start, end_p, step, _walk_limit(self.edges[first], step))
             if _dist(_xyz(direct[-1]), end_p) <= step:
                 return [(_xyz(w), w) for w in direct] + [(end_p, end)]
         path = self._astar(self.edges[first].end_node, self.edges[last].start_node)
@@ -255,11 +255,11 @@ class RoutePlanner:
             if edge.lane_change:
                 change_from = edge.entry
                 continue
-            walked = walk_lane(edge.entry, _xyz(edge.exit), step, edge.length_m + step)
+            walked = walk_lane(edge.entry, _xyz(edge.exit), step, _walk_limit(edge, step))
             out.extend(self._blend(change_from, [(_xyz(w), w) for w in walked] + [(_xyz(edge.exit), edge.exit)]))
             change_from = None
         last_edge = self.edges[last]
-        walked = walk_lane(last_edge.entry, end_p, step, last_edge.length_m + step)
+        walked = walk_lane(last_edge.entry, end_p, step, _walk_limit(last_edge, step))
         out.extend(self._blend(change_from, [(_xyz(w), w) for w in walked] + [(end_p, end)]))
         return out
 
@@ -293,6 +293,14 @@ class RoutePlanner:
         if start is None or end is None:
             raise UsageError(f"route {name!r}: its start or end is not on a road of the map")
         return route_from_points(name, self.plan_waypoints(start, end), min_spacing_m=self.resolution_m / 2)
+
+
+def _walk_limit(edge: _Edge, step_m: float) -> float:
+    """How far :func:`walk_lane` may go along ``edge``. ``waypoint.next(d)`` advances the road's reference
+    ``s`` by ``d``, and on the inside of a curve a lane's centre is shorter than its ``s`` span, by a factor
+    R / (R - offset) that stays under 1.5 even for a junction's tightest turn; the walk stops at its target
+    anyway, so the bound only keeps a walk that misses it finite."""
+    return 1.5 * edge.length_m + 2 * step_m
 
 
 def _is_left_of(a: Any, b: Any) -> bool:

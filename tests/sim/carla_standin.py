@@ -455,6 +455,7 @@ class StandinServer:
         self.stale_camera = False
         self.scheduled_collisions: dict[int, str] = {}
         self.on_apply_settings: Any = None
+        self.ticked_elsewhere = False  # another live client ticks this server: its frame moves by itself
         # observations of the client's behaviour
         self.ticks = 0
         self.ticks_while_async = 0
@@ -679,6 +680,14 @@ class World:
 
     def tick(self, seconds: float = 10.0) -> int:
         return self._s.tick(seconds)
+
+    def get_snapshot(self) -> WorldSnapshot:
+        """The latest state the client holds (CARLA answers it from the episode stream, no RPC); on a server
+        another client ticks, each look finds a later frame."""
+        s = self._s
+        if s.ticked_elsewhere:
+            s.frame += 1
+        return WorldSnapshot(s.frame, s.elapsed_s, s.settings.fixed_delta_seconds or 0.05, {})
 
     def wait_for_tick(self, seconds: float = 10.0) -> Any:
         raise AssertionError("wait_for_tick deadlocks in synchronous mode: a backend must never call it")

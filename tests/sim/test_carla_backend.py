@@ -45,7 +45,7 @@ SMALL = CameraConfig(width=32, height=24, fov_deg=90.0)
 
 
 def connect(server: StandinServer, **settings) -> CarlaSimulator:
-    options = {"town": None, "warmup_s": 0.1, "sensor_timeout_s": 2.0, **settings}
+    options = {"town": None, "warmup_s": 0.1, "sensor_timeout_s": 2.0, "busy_probe_s": 0.01, **settings}
     return CarlaSimulator(camera=settings.pop("camera", SMALL), carla_module=server.module(), **options)
 
 
@@ -178,6 +178,18 @@ def test_server_already_ticked_by_another_client_is_refused():
     sim = connect(server, take_over_sync=True)
     sim.close()
     assert restored(server)  # taken over: left asynchronous, not frozen
+
+
+def test_a_server_another_live_client_ticks_is_left_alone():
+    """Actors of our role name on a synchronous server are not a dead client's when its frame moves: a second
+    client must not destroy the first one's car and take the server over."""
+    server = StandinServer()
+    other = server.add_actor("vehicle.tesla.model3", server.map.get_spawn_points()[0], "caril_ego")
+    server.settings.synchronous_mode, server.settings.fixed_delta_seconds = True, 0.05
+    server.ticked_elsewhere = True
+    with pytest.raises(CarlaServerBusy, match="another client is ticking the synchronous CARLA server"):
+        connect(server, take_over_sync=True)
+    assert list(server.actors) == [other.id] and server.settings.synchronous_mode
 
 
 def test_traffic_manager_port_in_use_says_which_flag_to_change():
@@ -479,6 +491,16 @@ def test_gymnasium_env_over_the_stand_in():
     obs, reward, terminated, truncated, info = env.step(np.array([0.0, 0.6, 0.0], np.float32))
     assert env.observation_space.contains(obs) and reward >= 0.0 and not terminated and not truncated
     env.close()
+    assert restored(server) and ours(server) == []
+
+
+def test_an_env_that_cannot_be_built_gives_the_server_back():
+    """The simulator connects (synchronous mode on) before the env checks the route: a route this map lacks
+    must not leave the server frozen."""
+    server = StandinServer()
+    with pytest.raises(UsageError, match="pass --town Town04"):
+        make_carla_env(route="two-turn", width=32, height=24, carla_module=server.module(), town=None,
+                       warmup_s=0.1)
     assert restored(server) and ours(server) == []
 
 
