@@ -30,6 +30,7 @@ from sim.errors import UsageError, unknown_name
 from sim.routes import parse_routes
 from sim.types import CameraConfig, parse_resolution
 from sim.weather import parse_weathers
+from training.episode_file import write_json_atomic
 from training.evaluation import Campaign, PolicyFactory, SimFactory, plan_episodes, read_results
 from training.report import write_report
 
@@ -163,7 +164,10 @@ def resume_mismatch(args: Args, trust_legacy: bool = True) -> str | None:
     out = Path(args.out)
     if not read_results(out / "results.csv"):
         return None
-    config = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+    try:
+        config = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+    except ValueError:
+        return "its config.json is unreadable"
     now = result_settings(args)
     stored = config.get("result_settings")
     if stored is None:
@@ -190,12 +194,14 @@ def run(args: Args) -> int:
         raise UsageError(f"{out} already holds evaluation results; continue them with --resume, replace them with "
                          "--overwrite, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    campaign = campaign_for(args, out)
+    if not args.resume:
+        campaign.clear()  # before the new settings are recorded: no old row may sit under them
     config = asdict(args) | {"route_names": args.route_names, "weather_names": args.weather_names,
                              "camera_config": args.camera_config.to_dict(), "result_settings": result_settings(args)}
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    write_json_atomic(out / "config.json", config)
     specs = plan_episodes(args.route_names, args.weather_names, args.trials, args.seed, args.policy,
                           args.correction_names)
-    campaign = campaign_for(args, out)
     todo = campaign.pending(specs, args.resume)
     counts = {"goal": 0, "failed": 0}
     with tqdm(total=len(specs), initial=len(specs) - len(todo), desc="episodes", unit="ep") as bar:

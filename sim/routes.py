@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from sim.errors import unknown_name
+from sim.errors import UnknownNameError, unknown_name
 from sim.roadnet import LANE_WIDTH_M, NetworkBuilder, RoadNetwork
 from sim.types import LaneFrame, RoadOption
 
@@ -280,7 +280,10 @@ def parse_routes(spec: str) -> list[str]:
     for item in (p.strip() for p in spec.split(",") if p.strip()):
         expanded = ROUTE_SUITES.get(item, (item,))
         for name in expanded:
-            get_route(name)  # validates, with the list of valid names on error
+            try:
+                get_route(name)
+            except UnknownNameError as e:  # here suites are valid too: say so
+                raise UnknownNameError(f"{e.args[0]} Suites: {', '.join(ROUTE_SUITES)}.") from None
             if name not in names:
                 names.append(name)
     if not names:

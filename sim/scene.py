@@ -6,6 +6,7 @@ The road network (``sim.roadnet``) is turned into this form once per map (``sim.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -74,6 +75,20 @@ def convex_overlap(a: np.ndarray, b: np.ndarray) -> bool:
         if ((pa.max(axis=0) < pb.min(axis=0)) | (pb.max(axis=0) < pa.min(axis=0))).any():
             return False
     return True
+
+
+def penetration_depth(a: np.ndarray, b: np.ndarray) -> float:
+    """How far two convex polygons (K, 2) overlap along their least-overlapping edge normal, metres (the
+    distance one must move to free the other; 0 when they are apart)."""
+    depth = math.inf
+    for poly in (a, b):
+        edges = np.roll(poly, -1, axis=0) - poly
+        normals = np.stack([-edges[:, 1], edges[:, 0]], axis=1)
+        normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+        pa, pb = a @ normals.T, b @ normals.T
+        overlap = np.minimum(pa.max(axis=0), pb.max(axis=0)) - np.maximum(pa.min(axis=0), pb.min(axis=0))
+        depth = min(depth, float(overlap.min()))
+    return max(depth, 0.0)
 
 
 def straight_test_scene(length_m: float = 200.0, lane_width_m: float = 3.5) -> Scene:

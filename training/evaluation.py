@@ -14,6 +14,7 @@ import csv
 import logging
 import multiprocessing as mp
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -209,6 +210,14 @@ class Campaign:
         done = {_identity(r) for r in self.kept_rows()}
         return [s for s in specs if s.identity() not in done]
 
+    def clear(self) -> None:
+        """Remove what an earlier campaign in ``out_dir`` wrote (results, references, trajectories, decisions,
+        report, plots): a fresh campaign must not reuse a reference driven with other settings."""
+        for name in ("references", "trajectories", "decisions", "plots"):
+            shutil.rmtree(self.out_dir / name, ignore_errors=True)
+        for name in ("results.csv", "summary.json", "report.md"):
+            (self.out_dir / name).unlink(missing_ok=True)
+
     def kept_rows(self) -> list[dict[str, str]]:
         """The rows a resume keeps: whole rows (not the last one a kill cut short) of finished episodes."""
         if not self.results_path.exists():
@@ -225,6 +234,8 @@ class Campaign:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         todo = self.pending(specs, resume)
         kept = self.kept_rows() if resume else []
+        if not resume:
+            self.clear()
         write_table(self.results_path, RESULT_COLUMNS, [[r[c] for c in RESULT_COLUMNS] for r in kept])
         references = self.references(todo)
         rows = []

@@ -749,7 +749,8 @@ def run_epochs(loop: Loop, history: list[dict[str, Any]]) -> TrainResult:
                                  "world_size": loop.world.world_size})
     stopped = "early_stopping" if state.bad_epochs >= cfg.patience else "completed"
     last_epoch = state.epoch if stopped == "early_stopping" else cfg.epochs  # a resumed early stop stays stopped
-    for epoch in range(state.epoch + 1, last_epoch + 1):
+    epochs = range(state.epoch + 1, last_epoch + 1)
+    for epoch in epochs:
         train_metrics = train_epoch(loop, epoch)
         pred = predict(loop)
         metrics = {**train_metrics, **validation_metrics(pred, loop.net, cfg.labels.steer_scale)}
@@ -763,6 +764,8 @@ def run_epochs(loop: Loop, history: list[dict[str, Any]]) -> TrainResult:
             stopped = "early_stopping"
             break
     if loop.world.is_main:
+        if not epochs and history:  # nothing ran (e.g. a resumed early stop): metrics.json says how it ended
+            write_metrics(loop, history, stopped)
         write_figures(loop)
     best = next((m for m in history if m["epoch"] == state.best_epoch), {})
     return TrainResult(loop.run, state.epoch, state.best_epoch, state.best_val if state.best_val is not None

@@ -18,7 +18,7 @@ after ``listen()`` is not lost.
 from __future__ import annotations
 
 import logging
-import select
+import selectors
 import socket
 import struct
 import threading
@@ -94,11 +94,21 @@ class _Subscriber:
         """Send the backlog as the socket takes it. A reader is disconnected only when nothing has left the
         socket for SEND_TIMEOUT_S: a slow reader empties the kernel's queue a little at a time (which does not
         make the socket writable), so the deadline restarts whenever that queue shrinks."""
-        poller = select.poll()
-        poller.register(self.sock, select.POLLOUT)
+        with selectors.DefaultSelector() as poller:  # poll/epoll here, select on Windows
+            poller.register(self.sock, selectors.EVENT_WRITE)
+            if self._drain_with(poller):
+                return
+        with self.lock:
+            self.alive = False
+            self.backlog.clear()
+        _shutdown(self.sock)
+
+    def _drain_with(self, poller: selectors.BaseSelector) -> bool:
+        """The drain loop; True when the backlog is sent (or the subscriber was dropped elsewhere), False
+        when this reader is to be disconnected."""
         deadline, unsent = time.monotonic() + SEND_TIMEOUT_S, _unsent_bytes(self.sock)
         while True:
-            if not poller.poll(DRAIN_POLL_S * 1000):
+            if not poller.select(DRAIN_POLL_S):
                 now_unsent = _unsent_bytes(self.sock)
                 if now_unsent is not None and unsent is not None and now_unsent < unsent:
                     deadline = time.monotonic() + SEND_TIMEOUT_S
@@ -107,28 +117,24 @@ class _Subscriber:
                     continue
                 log.warning("stream %d: its reader took nothing for %g s; disconnected", self.stream_id,
                             SEND_TIMEOUT_S)
-                break
+                return False
             with self.lock:
                 if not self.alive or not self.backlog:
-                    return
+                    return True
                 head = self.backlog[0]
                 before = sum(v.nbytes for v in head)
                 try:
                     rest = _send_some(self.sock, head)
                 except OSError:
-                    break
+                    return False
                 self.backlog_bytes -= before - sum(v.nbytes for v in rest)
                 if rest:
                     self.backlog[0] = rest
                 else:
                     self.backlog.popleft()
                     if not self.backlog:
-                        return
+                        return True
             deadline, unsent = time.monotonic() + SEND_TIMEOUT_S, _unsent_bytes(self.sock)
-        with self.lock:
-            self.alive = False
-            self.backlog.clear()
-        _shutdown(self.sock)
 
 
 def _unsent_bytes(sock: socket.socket) -> int | None:
@@ -279,16 +285,16 @@ class StreamServer:
         self._wait_hangup(sub)
 
     def _wait_hangup(self, sub: _Subscriber) -> None:
-        poller = select.poll()
-        poller.register(sub.sock, select.POLLIN)
-        while sub.alive:
-            try:
-                if poller.poll(HANGUP_POLL_S * 1000) and not sub.sock.recv(64):
+        with selectors.DefaultSelector() as poller:
+            poller.register(sub.sock, selectors.EVENT_READ)
+            while sub.alive:
+                try:
+                    if poller.select(HANGUP_POLL_S) and not sub.sock.recv(64):
+                        break
+                except BlockingIOError:
+                    continue
+                except (OSError, ValueError):  # closed under us (a ValueError from the selector on Windows)
                     break
-            except BlockingIOError:
-                continue
-            except OSError:
-                break
         sub.alive = False
         self._forget(sub)
 

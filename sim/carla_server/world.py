@@ -50,7 +50,7 @@ from sim.carla_server.encoding import (
 from sim.carla_server.maps import ServedMap, load_map
 from sim.dynamics import VehicleParams, VehicleState, step_vehicle
 from sim.errors import UsageError
-from sim.scene import convex_overlap
+from sim.scene import convex_overlap, penetration_depth
 from sim.sensors import VEHICLE_MASS_KG, footprint
 from sim.types import DEFAULT_DT_S, CameraConfig, Control
 from sim.weather import WEATHERS, Weather, get_weather
@@ -461,27 +461,19 @@ class World:
         return contacts
 
     def _backs_out(self, v: Vehicle, before: dict[int, VehicleState], vehicles: list[Vehicle]) -> bool:
-        """Whether ``v``, already in contact before this step (teleported into an obstacle), moved away from
-        everything it touches now: it may drive out, reporting contacts until it is free, but never deeper in
-        nor into anything new. Other vehicles count at their poses before the step."""
+        """Whether ``v``, already in contact before this step (teleported into an obstacle), got no deeper
+        into anything it touches now and touches nothing new: it may drive out, reporting contacts until it
+        is free, but never further in. Other vehicles count at their poses before the step."""
         old = before[v.id]
-        old_body = footprint(old.x_m, old.y_m, old.yaw_rad, self.params)
-        new_xy = np.array([v.state.x_m, v.state.y_m])
-        old_xy = np.array([old.x_m, old.y_m])
-        collision = self.map.collision
-        old_hits, new_hits = set(collision.hits(old_body)), set(collision.hits(self._body(v)))
-        centres = [collision.centres[i] for i in new_hits]
-        old_cars = {w.id: footprint(before[w.id].x_m, before[w.id].y_m, before[w.id].yaw_rad, self.params)
-                    for w in vehicles if w is not v}
-        touching = {i for i, body in old_cars.items() if convex_overlap(old_body, body)}
-        for i, body in old_cars.items():
-            if convex_overlap(self._body(v), body):
-                if i not in touching:
-                    return False
-                centres.append(body.mean(axis=0))
-        if not (old_hits or touching) or not new_hits <= old_hits:
-            return False
-        return all(np.linalg.norm(new_xy - c) > np.linalg.norm(old_xy - c) for c in centres)
+        old_body, new_body = footprint(old.x_m, old.y_m, old.yaw_rad, self.params), self._body(v)
+        boxes = self.map.collision.boxes
+        obstacles = [boxes[i] for i in self.map.collision.hits(new_body)]
+        obstacles += [footprint(before[w.id].x_m, before[w.id].y_m, before[w.id].yaw_rad, self.params)
+                      for w in vehicles if w is not v]
+        touching = [b for b in obstacles if convex_overlap(new_body, b)]
+        return bool(touching) and all(
+            convex_overlap(old_body, b) and penetration_depth(new_body, b) <= penetration_depth(old_body, b)
+            for b in touching)
 
     def _kinematics(self, v: Vehicle, old: VehicleState, dt: float) -> None:
         s = v.state

@@ -84,9 +84,14 @@ def test_evaluate_never_overwrites_results_unless_asked(tmp_path):
     r = caril("evaluate", "--routes", "one-turn", "--no-camera", "--out", str(out))
     assert r.returncode == 2 and "already holds evaluation results; continue them with --resume" in r.stderr
     assert (out / "results.csv").read_text() == first
-    r = caril("evaluate", "--routes", "one-turn", "--no-camera", "--overwrite", "--out", str(out))
+    reference = (out / "references" / "straight__ClearNoon__s0.csv").read_text()
+    r = caril("evaluate", "--routes", "straight", "--no-camera", "--spawn-noise", "1.0", "--overwrite", "--out",
+              str(out))
     assert r.returncode == 0, r.stderr
-    assert [ln.split(",")[0] for ln in (out / "results.csv").read_text().splitlines()[1:]] == ["one-turn"]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["route"] for r in rows] == ["straight"]
+    assert (out / "references" / "straight__ClearNoon__s0.csv").read_text() != reference  # driven anew
+    assert float(rows[0]["frechet_m"]) == 0.0  # the expert against its own reference, not the old one
 
 
 def test_evaluate_counts_each_name_once(tmp_path):
@@ -107,6 +112,7 @@ def test_a_path_that_cannot_be_used_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["evaluate", "--routes", "moon", "--out", "x"], "unknown route 'moon'; valid routes: straight, one-turn"),
+    (["evaluate", "--routes", "moon", "--out", "x"], "for a generated route. Suites: paper, named."),
     (["evaluate", "--weathers", "Sunny", "--out", "x"], "unknown weather 'Sunny'; valid weathers: ClearNoon"),
     (["evaluate", "--trials", "many", "--out", "x"], "argument --trials: invalid int value: 'many'"),
     (["evaluate", "--trials", "0", "--out", "x"], "--trials must be at least 1, got 0"),

@@ -217,6 +217,33 @@ def test_a_car_teleported_into_a_building_drives_out_but_never_deeper_in(server)
     assert nose_in.state.x_m == pytest.approx(start) and nose_in.state.speed_mps == 0.0
 
 
+def test_a_car_straddling_a_building_corner_never_gets_deeper_in(server):
+    """Driving away from an obstacle's centre is not driving out of it: at a corner, aimed inwards, the car
+    may not cut through the building."""
+    from sim.scene import penetration_depth
+    from sim.sensors import footprint
+
+    world = server.world
+    box = world.map.collision.boxes[0]
+    (x0, y0), (x1, y1) = box.min(axis=0), box.max(axis=0)
+    car = world.spawn(ActorDescription(1, "vehicle.tesla.model3"), Transform(*world.map.spawn_points[0]))
+    world.set_transform(car.id, Transform(float(x1) - 4.0, float(y1), 0.3, 0.0, -20.0, 0.0))
+    world.apply_settings(EpisodeSettings(synchronous_mode=True, fixed_delta_seconds=0.05))
+    world.apply_control(car.id, VehicleControl(throttle=1.0))
+
+    def depth():
+        s = car.state
+        return penetration_depth(footprint(s.x_m, s.y_m, s.yaw_rad, world.params), box)
+
+    start = depth()
+    assert start > 0.5
+    depths = []
+    for _ in range(80):
+        world.tick()
+        depths.append(depth())
+    assert max(depths) <= start + 1e-9
+
+
 def test_a_malformed_request_is_answered_with_an_error():
     rpc = RpcServer.__new__(RpcServer)
     rpc.handler = lambda request: [[1, "never"]]

@@ -257,6 +257,12 @@ def test_early_stopping_on_validation_loss(data_root, tmp_path, monkeypatch):
     again = train(tiny(data_root, tmp_path / "early", epochs=6, patience=2, batch_size=64, resume=True))
     assert (again.stopped, again.epochs_completed) == ("early_stopping", 4)  # a stopped run stays stopped
     assert (tmp_path / "early" / "last" / "model.safetensors").read_bytes() == last
+    metrics = json.loads((tmp_path / "early" / "metrics.json").read_text())
+    metrics.update(stopped="running", epochs=metrics["epochs"][:3])  # killed before metrics.json's last write
+    (tmp_path / "early" / "metrics.json").write_text(json.dumps(metrics))
+    train(tiny(data_root, tmp_path / "early", epochs=6, patience=2, batch_size=64, resume=True))
+    metrics = json.loads((tmp_path / "early" / "metrics.json").read_text())
+    assert (metrics["stopped"], len(metrics["epochs"])) == ("early_stopping", 4)
 
 
 def test_get_lr_warms_up_then_decays_to_the_floor():
