@@ -225,7 +225,7 @@ def test_a_car_straddling_a_building_corner_never_gets_deeper_in(server):
 
     world = server.world
     box = world.map.collision.boxes[0]
-    (x0, y0), (x1, y1) = box.min(axis=0), box.max(axis=0)
+    x1, y1 = box.max(axis=0)
     car = world.spawn(ActorDescription(1, "vehicle.tesla.model3"), Transform(*world.map.spawn_points[0]))
     world.set_transform(car.id, Transform(float(x1) - 4.0, float(y1), 0.3, 0.0, -20.0, 0.0))
     world.apply_settings(EpisodeSettings(synchronous_mode=True, fixed_delta_seconds=0.05))
