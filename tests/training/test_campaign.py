@@ -111,7 +111,7 @@ def test_references_are_written_once_per_route_weather_and_seed_and_reused(basel
     table[:, header.index("y_m")] += 2.0  # a reference 2 m to the side: only a reused file gives this
     moved.write_text(",".join(header) + "\n" + "\n".join(",".join(f"{v:.6f}" for v in r) for r in table) + "\n")
     before = moved.read_bytes()
-    campaign(tmp_path, checkpoint).run(specs())
+    campaign(tmp_path, checkpoint).run(specs(), resume=True)  # a fresh (non-resumed) run would clear them
     assert moved.read_bytes() == before  # not driven again
     key = names[0].removesuffix(".csv")
     new, old = read_results(tmp_path / "results.csv"), read_results(baseline / "results.csv")

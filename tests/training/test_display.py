@@ -396,3 +396,12 @@ def test_the_caril_agent_drives_the_display_and_c_switches_its_correction(tmp_pa
     assert agent.correction == "blend"
     session.tick(obs)
     assert d.caril.correction == "blend" and d.caril.rule.startswith("blend_")
+
+
+@pytest.mark.parametrize("size", [(100, 1920), (40, 2000), (1280, 720)])
+def test_panel_layout_keeps_room_inside_any_window(size):
+    """A window over 18 times taller than wide used to give panels a negative inner width (pygame refused)."""
+    from training.display.panels import Layout
+
+    layout = Layout.for_window(size, (448, 448))
+    assert layout.right.w - 2 * layout.margin >= 1 and layout.margin >= 1

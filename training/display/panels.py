@@ -61,7 +61,8 @@ class Layout:
         fit = min(w / cw, h / ch)
         cam = pygame.Rect(0, 0, max(1, round(cw * fit)), max(1, round(ch * fit)))
         cam.center = (w // 2, h // 2)
-        return cls(size, scale, max(2, round(10 * scale)), panel_w, cam,
+        margin = max(1, min(max(2, round(10 * scale)), panel_w // 4))  # a tall, narrow window keeps room inside
+        return cls(size, scale, margin, panel_w, cam,
                    pygame.Rect(0, 0, panel_w, h), pygame.Rect(w - panel_w, 0, panel_w, h))
 
     def px(self, design_px: float) -> int:
