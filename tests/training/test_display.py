@@ -356,6 +356,9 @@ def test_v_writes_one_video_frame_per_step_and_f12_a_screenshot(tmp_path, sim):
     assert (frames, cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (7, 320, 180)
     assert d.screenshots == [tmp_path / "out" / "screenshot_001.png"]
     assert cv2.imread(str(d.screenshots[0])).shape == (180, 320, 3)
+    d.process_event(keydown(pygame.K_F12))  # F12 and ESC in the same frame: the last frame is saved on close
+    d.close()
+    assert d.screenshots[1:] == [tmp_path / "out" / "screenshot_002.png"] and d.screenshots[1].is_file()
 
 
 def test_paused_session_renders_without_stepping(tmp_path, sim):

@@ -341,7 +341,12 @@ class DriveDisplay:
             self._keep_recording = keep
 
     def close(self) -> None:
-        """Finish the video and the recording (saving an open episode); safe to call twice."""
+        """Save screenshots asked for since the last frame (F12 with ESC in one frame) from that frame, finish
+        the video and the recording (saving an open episode); safe to call twice."""
+        last = getattr(self, "_last_surface", None)
+        for path in self._screenshot_requests if last is not None else []:
+            self.save_screenshot(last, path)
+        self._screenshot_requests = []
         if self.video is not None:
             self.video.close()
             self.video = None
@@ -404,6 +409,7 @@ class DriveDisplay:
         self._capture(surface)
 
     def _capture(self, surface: pygame.Surface) -> None:
+        self._last_surface = surface
         for path in self._screenshot_requests:
             self.save_screenshot(surface, path)
             self.notify(f"screenshot: {path}")
