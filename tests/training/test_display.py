@@ -281,12 +281,18 @@ def test_make_drive_policy_builds_each_driver_and_names_a_missing_checkpoint(tmp
 
 
 # -- the loop and the files it writes ------------------------------------------------------------------------------
-def test_r_records_what_is_driven_into_a_dataset_episode(tmp_path, sim):
+def recording_expert(tmp_path, sim):
+    """The expert driving one-turn (seed 3) with R pressed at the first observation: (display, session, obs)."""
     recording = DatasetRecording(tmp_path / "data", (CAMERA.width, CAMERA.height), 20.0)
     d = make_display(tmp_path, policy=ExpertPolicy(), recording=recording)
     session = DriveSession(sim, d.policy, d, "one-turn", "ClearNoon", seed=3)
     obs = session.reset()
     d.process_event(keydown(pygame.K_r))
+    return d, session, obs
+
+
+def test_r_records_what_is_driven_into_a_dataset_episode(tmp_path, sim):
+    d, session, obs = recording_expert(tmp_path, sim)
     assert d.recording_on
     controls = []
     for _ in range(5):
@@ -302,6 +308,19 @@ def test_r_records_what_is_driven_into_a_dataset_episode(tmp_path, sim):
     np.testing.assert_array_equal(reader.column("action/expert"), executed)
     assert reader.attrs["driver"] == "expert" and reader.attrs["recorded_with"] == "caril drive"
     assert reader.image(0).shape == (48, 64, 3)
+
+
+def test_a_recorded_episode_names_everyone_who_drove_it(tmp_path, sim):
+    """M during a recording hands the car to the keys: the episode's driver says so (it said the driver at R)."""
+    d, session, obs = recording_expert(tmp_path, sim)
+    for k in range(6):
+        if k == 3:
+            d.process_event(keydown(pygame.K_m))
+        obs, _ = session.tick(obs)
+    d.close()  # quitting while recording saves the episode with the same attribute
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    reader = EpisodeReader(tmp_path / "data" / manifest["episodes"][0]["file"])
+    assert reader.attrs["driver"] == "expert+manual" and len(reader) == 6
 
 
 def test_recording_continues_into_the_next_episode_and_skips_empty_ones(tmp_path, sim):

@@ -119,6 +119,7 @@ class DriveDisplay:
         self.videos: list[VideoOutput] = []
         self.screenshots: list[Path] = []
         self._screenshot_requests: list[Path] = []
+        self._drivers: list[str] = []  # who drove the steps of the episode being recorded
         self._keep_recording = False
         self.attrs_provider: Callable[[], dict[str, Any]] | None = None  # metadata of recorded episodes
         self.notice, self._notice_until = "", 0.0
@@ -251,7 +252,8 @@ class DriveDisplay:
         self.notify(f"recording episode {index} into {self.recording.root}")
 
     def _stop_recording(self, termination: str) -> None:
-        entry = self.recording.stop(termination)
+        entry = self.recording.stop(termination, {"driver": "+".join(self._drivers)} if self._drivers else None)
+        self._drivers = []
         if entry is None:
             self.notify("recording stopped: no frames, nothing saved")
         else:
@@ -326,7 +328,15 @@ class DriveDisplay:
         self.sim_rate.tick()
         self._new_step = True
         if self.recording is not None:
+            if self.recording.active:
+                self._note_driver()
             self.recording.on_step(obs, control, record)
+
+    def _note_driver(self) -> None:
+        """Who drove this recorded step (the episode's ``driver`` attribute lists each, in order)."""
+        name = "manual" if self.manual else str(getattr(self.policy, "name", "policy"))
+        if name not in self._drivers:
+            self._drivers.append(name)
 
     def on_end(self, summary: dict[str, Any]) -> None:
         termination = summary.get("termination", "ended")
@@ -351,6 +361,8 @@ class DriveDisplay:
             self.video.close()
             self.video = None
         if self.recording is not None:
+            if self.recording.active:
+                self._stop_recording("stopped")
             self.recording.close()
 
     # -- drawing ----------------------------------------------------------------------------------------------
