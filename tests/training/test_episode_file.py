@@ -156,6 +156,12 @@ def test_check_episode_finds_garbage_truncation_missing_data_and_bad_images(tmp_
     raw[offset + 3] ^= 0xFF
     flipped.write_bytes(bytes(raw))
     assert check_episode(flipped, decode="none")[0].startswith("cannot be read (corrupt or truncated)")
+    with h5py.File(good, "r") as f:  # an integer column is verified too
+        offset = f["frame_index"].id.get_chunk_info(0).byte_offset
+    raw = bytearray(data)
+    raw[offset] ^= 0xFF
+    flipped.write_bytes(bytes(raw))
+    assert check_episode(flipped, decode="none")[0].startswith("cannot be read (corrupt or truncated)")
     not_finite = tmp_path / "not_finite.h5"
     not_finite.write_bytes(data)
     with h5py.File(not_finite, "a") as f:
