@@ -28,7 +28,7 @@ from sim.backends import BACKENDS
 from sim.carla_routes import carla_route_names
 from sim.errors import UsageError, unknown_name
 from sim.routes import parse_routes
-from sim.types import CameraConfig, parse_resolution
+from sim.types import MAX_SPAWN_NOISE_M, CameraConfig, parse_resolution
 from sim.weather import parse_weathers
 from training.episode_file import write_json_atomic
 from training.evaluation import Campaign, PolicyFactory, SimFactory, plan_episodes, read_results
@@ -109,8 +109,8 @@ class Args:
             raise UsageError(f"{', '.join(given)} only apply to --policy caril (this run drives {self.policy})")
 
     def _check_spawn_noise(self) -> None:
-        if not 0.0 <= self.spawn_noise <= 5.0:  # NaN fails this too
-            raise UsageError(f"--spawn-noise {self.spawn_noise} m must be in 0..5 m")
+        if not 0.0 <= self.spawn_noise <= MAX_SPAWN_NOISE_M:  # NaN fails this too; before anything is written
+            raise UsageError(f"--spawn-noise {self.spawn_noise} m must be in 0..{MAX_SPAWN_NOISE_M:g} m")
         if self.spawn_noise and self.backend != "embedded":
             raise UsageError("--spawn-noise is for the embedded backend (CARLA spawns at its spawn points)")
 
@@ -156,11 +156,12 @@ def result_settings(args: Args) -> dict:
     return settings
 
 
-def resume_mismatch(args: Args, trust_legacy: bool = True) -> str | None:
+def resume_mismatch(args: Args, trust_legacy: bool = True, settings: dict | None = None) -> str | None:
     """Why ``args.out`` cannot be resumed with ``args`` (None: it can, or it holds no results yet). Campaigns
     from before ``result_settings`` existed are compared on the settings their config.json has; their
     checkpoint's content was not recorded, so that is taken on trust (with a warning), or with
-    ``trust_legacy=False`` counts as a mismatch."""
+    ``trust_legacy=False`` counts as a mismatch. ``settings``: ``result_settings(args)`` if already computed
+    (it reads the checkpoint's files)."""
     out = Path(args.out)
     if not read_results(out / "results.csv"):
         return None
@@ -168,7 +169,7 @@ def resume_mismatch(args: Args, trust_legacy: bool = True) -> str | None:
         config = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
     except ValueError:
         return "its config.json is unreadable"
-    now = result_settings(args)
+    now = settings if settings is not None else result_settings(args)
     stored = config.get("result_settings")
     if stored is None:
         if not trust_legacy:
@@ -187,7 +188,8 @@ def resume_mismatch(args: Args, trust_legacy: bool = True) -> str | None:
 
 def run(args: Args) -> int:
     out = Path(args.out)
-    if args.resume and (why := resume_mismatch(args)):
+    settings = result_settings(args)  # once: it hashes the checkpoint's files
+    if args.resume and (why := resume_mismatch(args, settings=settings)):
         raise UsageError(f"cannot resume {out}: {why}; evaluate into another --out, or replace its results with "
                          "--overwrite")
     if not (args.resume or args.overwrite) and read_results(out / "results.csv"):
@@ -198,7 +200,7 @@ def run(args: Args) -> int:
     if not args.resume:
         campaign.clear()  # before the new settings are recorded: no old row may sit under them
     config = asdict(args) | {"route_names": args.route_names, "weather_names": args.weather_names,
-                             "camera_config": args.camera_config.to_dict(), "result_settings": result_settings(args)}
+                             "camera_config": args.camera_config.to_dict(), "result_settings": settings}
     write_json_atomic(out / "config.json", config)
     specs = plan_episodes(args.route_names, args.weather_names, args.trials, args.seed, args.policy,
                           args.correction_names)

@@ -63,7 +63,7 @@ from sim.carla_sync import EventQueue, FrameQueue
 from sim.errors import CarilError, DependencyNotInstalled, UsageError
 from sim.routes import Route, lane_frame_on_route
 from sim.simulator import Simulator
-from sim.types import DEFAULT_DT_S, CameraConfig, Control, Observation
+from sim.types import DEFAULT_DT_S, CameraConfig, Control, Observation, check_step
 from sim.weather import Weather, get_weather
 
 __all__ = [
@@ -150,8 +150,7 @@ class CarlaConfig:
         for name in ("timeout_s", "tick_timeout_s", "sensor_timeout_s", "load_world_timeout_s"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"{name}={getattr(self, name)} must be a positive number of seconds")
-        if not 0.001 <= self.dt_s <= 0.1:
-            raise UsageError(f"dt_s={self.dt_s} s is outside 0.001..0.1 s (CARLA: never step more than 0.1 s)")
+        check_step(self.dt_s)
         if not 1 <= self.max_substeps <= 16 or not 0 < self.max_substep_delta_time_s <= 0.01:
             raise UsageError(f"max_substeps={self.max_substeps} must be 1..16 and max_substep_delta_time_s="
                              f"{self.max_substep_delta_time_s} in (0, 0.01] s (CARLA's physics limits)")

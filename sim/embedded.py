@@ -22,6 +22,7 @@ from sim.sensors import MARKINGS, VEHICLE_MASS_KG, CollisionSensor, footprint, t
 from sim.simulator import Simulator
 from sim.types import (
     DEFAULT_DT_S,
+    MAX_SPAWN_NOISE_M,
     CameraConfig,
     CollisionEvent,
     Control,
@@ -29,6 +30,7 @@ from sim.types import (
     LaneInvasionEvent,
     Observation,
     Pose,
+    check_step,
 )
 from sim.weather import Weather, get_weather
 
@@ -58,11 +60,10 @@ class EmbeddedSimulator(Simulator):
     def __init__(self, camera: CameraConfig | None = None, dt_s: float = DEFAULT_DT_S,
                  vehicle: VehicleParams | None = None, render_camera: bool = True,
                  spawn_noise_m: float = 0.0) -> None:
-        if not 0.001 <= dt_s <= 0.1:
-            raise UsageError(f"dt_s={dt_s} s is outside 0.001..0.1 s (CARLA's substepping limit)")
-        if not 0.0 <= spawn_noise_m <= 5.0:  # NaN fails this too
-            raise UsageError(f"spawn noise {spawn_noise_m} m must be in 0..5 m (the standard deviation of the "
-                             "start's lateral offset)")
+        check_step(dt_s)
+        if not 0.0 <= spawn_noise_m <= MAX_SPAWN_NOISE_M:  # NaN fails this too
+            raise UsageError(f"spawn noise {spawn_noise_m} m must be in 0..{MAX_SPAWN_NOISE_M:g} m (the standard "
+                             "deviation of the start's lateral offset)")
         self.camera = camera or CameraConfig()
         self.dt_s = dt_s
         self.vehicle = vehicle or VehicleParams()

@@ -19,6 +19,8 @@ import numpy as np
 from sim.errors import InvalidControlError, UsageError
 
 DEFAULT_DT_S = 0.05  # CARLA's usual synchronous fixed step, 20 Hz
+MIN_DT_S, MAX_DT_S = 0.001, 0.1  # the steps CARLA's physics substepping can take
+MAX_SPAWN_NOISE_M = 5.0  # the largest std of the embedded simulator's lateral spawn offset
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,13 @@ class CameraConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_step(dt_s: float, label: str = "dt_s=") -> None:
+    """A simulation step (s) every backend can take, :data:`MIN_DT_S`..:data:`MAX_DT_S`; else a UsageError
+    that names it with ``label`` (``"dt_s="``, or an option such as ``"--dt "``)."""
+    if not MIN_DT_S <= dt_s <= MAX_DT_S:  # NaN fails this too
+        raise UsageError(f"{label}{dt_s} s is outside {MIN_DT_S:g}..{MAX_DT_S:g} s (CARLA's substepping limit)")
 
 
 def parse_resolution(spec: str) -> tuple[int, int]:

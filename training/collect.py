@@ -39,7 +39,7 @@ from sim.episode import EpisodeLimits
 from sim.errors import CarilError, UsageError
 from sim.routes import get_route
 from sim.simulator import Simulator
-from sim.types import DEFAULT_DT_S, CameraConfig
+from sim.types import DEFAULT_DT_S, CameraConfig, check_step
 from sim.weather import get_weather
 from training.dagger import DriverConfig, ExpertLabelled, learner
 from training.episode_file import (
@@ -98,8 +98,7 @@ class CollectConfig:
             raise UsageError(f"--seed must not be negative, got {self.seed}")
         if self.max_frames < 0:
             raise UsageError(f"--max-frames must be 0 (no cap) or positive, got {self.max_frames}")
-        if not 0.001 <= self.dt_s <= 0.1:  # checked before any file is written (the simulator would refuse it)
-            raise UsageError(f"--dt {self.dt_s} s is outside 0.001..0.1 s (CARLA's substepping limit)")
+        check_step(self.dt_s, "--dt ")  # before any file is written (the simulator would refuse it too)
         if not self.routes or not self.weathers:
             raise UsageError("name at least one route and one weather")
         if self.backend not in BACKENDS:

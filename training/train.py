@@ -123,7 +123,7 @@ class TrainConfig:
             raise UsageError(f"--min-lr {self.min_lr} must be in [0, lr={self.lr}]")
         if not 0 <= self.warmup_fraction < 1:
             raise UsageError(f"warm-up fraction {self.warmup_fraction} must be in [0, 1), e.g. 0.05")
-        if not (self.weight_decay >= 0 and self.grad_clip >= 0) or math.isinf(self.weight_decay + self.grad_clip):
+        if not all(math.isfinite(v) and v >= 0 for v in (self.weight_decay, self.grad_clip)):
             raise UsageError(f"--weight-decay {self.weight_decay} and --grad-clip {self.grad_clip} must be finite "
                              "and not negative (0 disables)")
         if not 0 < self.val_fraction < 1:

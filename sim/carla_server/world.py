@@ -181,22 +181,20 @@ def compose(parent: Transform, child: Transform) -> Transform:
                          parent.z + child.z, child.pitch, wrap_deg(parent.yaw + child.yaw), child.roll)
     rot = carla_rotation(parent.pitch, parent.yaw, parent.roll)
     x, y, z = rot @ np.array([child.x, child.y, child.z]) + np.array([parent.x, parent.y, parent.z])
-    m = rot @ carla_rotation(child.pitch, child.yaw, child.roll)
-    pitch = math.degrees(math.asin(max(-1.0, min(1.0, m[2, 0]))))
-    yaw = math.degrees(math.atan2(m[1, 0], m[0, 0]))
-    roll = math.degrees(math.atan2(-m[2, 1], m[2, 2]))
-    return Transform(float(x), float(y), float(z), pitch, yaw, roll)
+    return Transform(float(x), float(y), float(z), *_angles(rot @ carla_rotation(child.pitch, child.yaw, child.roll)))
 
 
 def relative_to(parent: Transform, world: Transform) -> Transform:
     """The transform relative to ``parent`` whose world transform is ``world`` (the inverse of :func:`compose`)."""
     rot = carla_rotation(parent.pitch, parent.yaw, parent.roll)
     x, y, z = rot.T @ (np.array([world.x, world.y, world.z]) - np.array([parent.x, parent.y, parent.z]))
-    m = rot.T @ carla_rotation(world.pitch, world.yaw, world.roll)
+    return Transform(float(x), float(y), float(z), *_angles(rot.T @ carla_rotation(world.pitch, world.yaw, world.roll)))
+
+
+def _angles(m: np.ndarray) -> tuple[float, float, float]:
+    """(pitch, yaw, roll) degrees of a rotation matrix made by :func:`carla_rotation` (its inverse)."""
     pitch = math.degrees(math.asin(max(-1.0, min(1.0, m[2, 0]))))
-    yaw = math.degrees(math.atan2(m[1, 0], m[0, 0]))
-    roll = math.degrees(math.atan2(-m[2, 1], m[2, 2]))
-    return Transform(float(x), float(y), float(z), pitch, yaw, roll)
+    return pitch, math.degrees(math.atan2(m[1, 0], m[0, 0])), math.degrees(math.atan2(-m[2, 1], m[2, 2]))
 
 
 # -- the world --------------------------------------------------------------------------------------------
@@ -450,7 +448,7 @@ class World:
             others += [w for w in vehicles if w is not v and convex_overlap(bodies[v.id], bodies[w.id])]
             impulse = VEHICLE_MASS_KG * max(v.state.speed_mps, 0.1)
             contacts += [(v, other, impulse) for other in others]
-            if others and v.physics and not self._backs_out(v, before, vehicles):
+            if others and v.physics and not self._backs_out(v, bodies[v.id], before, vehicles):
                 # the body does not pass through: it stays where it was, stopped
                 old = before[v.id]
                 v.state = VehicleState(old.x_m, old.y_m, old.yaw_rad, 0.0, v.state.wheel_angle_rad)
@@ -460,12 +458,14 @@ class World:
                 v.control = VehicleControl()
         return contacts
 
-    def _backs_out(self, v: Vehicle, before: dict[int, VehicleState], vehicles: list[Vehicle]) -> bool:
-        """Whether ``v``, already in contact before this step (teleported into an obstacle), got no deeper
-        into anything it touches now and touches nothing new: it may drive out, reporting contacts until it
-        is free, but never further in. Other vehicles count at their poses before the step."""
+    def _backs_out(self, v: Vehicle, new_body: np.ndarray, before: dict[int, VehicleState],
+                   vehicles: list[Vehicle]) -> bool:
+        """Whether ``v`` (its body now ``new_body``), already in contact before this step (teleported into an
+        obstacle), got no deeper into anything it touches now and touches nothing new: it may drive out,
+        reporting contacts until it is free, but never further in. Other vehicles count at their poses before
+        the step."""
         old = before[v.id]
-        old_body, new_body = footprint(old.x_m, old.y_m, old.yaw_rad, self.params), self._body(v)
+        old_body = footprint(old.x_m, old.y_m, old.yaw_rad, self.params)
         boxes = self.map.collision.boxes
         obstacles = [boxes[i] for i in self.map.collision.hits(new_body)]
         obstacles += [footprint(before[w.id].x_m, before[w.id].y_m, before[w.id].yaw_rad, self.params)

@@ -120,6 +120,7 @@ class DriveDisplay:
         self.screenshots: list[Path] = []
         self._screenshot_requests: list[Path] = []
         self._drivers: list[str] = []  # who drove the steps of the episode being recorded
+        self._last_surface: pygame.Surface | None = None  # the last frame drawn (for screenshots asked at quit)
         self._keep_recording = False
         self.attrs_provider: Callable[[], dict[str, Any]] | None = None  # metadata of recorded episodes
         self.notice, self._notice_until = "", 0.0
@@ -353,9 +354,8 @@ class DriveDisplay:
     def close(self) -> None:
         """Save screenshots asked for since the last frame (F12 with ESC in one frame) from that frame, finish
         the video and the recording (saving an open episode); safe to call twice."""
-        last = getattr(self, "_last_surface", None)
-        for path in self._screenshot_requests if last is not None else []:
-            self.save_screenshot(last, path)
+        for path in self._screenshot_requests if self._last_surface is not None else []:
+            self.save_screenshot(self._last_surface, path)
         self._screenshot_requests = []
         if self.video is not None:
             self.video.close()
