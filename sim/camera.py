@@ -35,8 +35,8 @@ _COORD_LIMIT = float(2**30)  # fixed-point coordinates are clipped to this so th
 _OFFSCREEN = -(2.0**29)  # fixed-point coordinate far outside any image (polygons wholly behind the camera)
 _EMPTY_PTS = np.zeros((0, 4, 2), np.int32)
 _NEAR_M = 0.1  # near clipping plane for the ground, metres in front of the camera (may be lowered)
-_BOX_NEAR_M = 0.5  # near plane for boxes: nearer walls are off-screen anyway, and cv2's fills loop over every
-# (even off-image) row of a polygon, so very tall projected faces would be slow
+_BOX_NEAR_M = 0.1  # near plane for boxes, as for the ground (a wall nearer than 0.5 m must still hide the view);
+# cv2's fills walk every (even off-image) row of a polygon, so a face this near costs ~0.1-0.2 ms to fill
 _MIN_BOX_PX = 0.35  # boxes whose narrowest side would be thinner than this (pixels) are not drawn
 _STRIP_QUADS = 16  # at most this many chained strip quads are drawn as one outline polygon
 _RAIN_LAYERS = 8  # precomputed rain streak layers, cycled by the frame index
@@ -209,18 +209,21 @@ def _cell_pairs(lo: np.ndarray, hi: np.ndarray, origin: np.ndarray, cell_m: floa
 def _sat_overlap(a: np.ndarray, b: np.ndarray, tol: float) -> np.ndarray:
     """True where convex quads ``a[i]`` and ``b[i]`` (P, 4, 2) overlap by more than ``tol`` metres.
 
-    Separating-axis test on the 8 edge normals; touching (shared edges) counts as not overlapping.
+    Separating-axis test on the 8 edge normals; touching (shared edges) counts as not overlapping. A
+    zero-length edge (a triangle given as a quad with a repeated corner) has no normal and separates nothing.
     """
-    def normals(q: np.ndarray) -> np.ndarray:
+    def normals(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         e = np.roll(q, -1, axis=1) - q
         n = np.stack([-e[..., 1], e[..., 0]], axis=-1)
-        return n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+        length = np.linalg.norm(n, axis=-1)
+        return n / np.maximum(length, 1e-12)[..., None], length > 1e-9
 
-    axes = np.concatenate([normals(a), normals(b)], axis=1)  # (P, 8, 2)
+    (na, va), (nb, vb) = normals(a), normals(b)
+    axes = np.concatenate([na, nb], axis=1)  # (P, 8, 2)
     pa = np.einsum("pkd,pvd->pkv", axes, a)
     pb = np.einsum("pkd,pvd->pkv", axes, b)
     overlap = np.minimum(pa.max(-1), pb.max(-1)) - np.maximum(pa.min(-1), pb.min(-1))
-    return ~(overlap <= tol).any(axis=1)
+    return ~((overlap <= tol) & np.concatenate([va, vb], axis=1)).any(axis=1)
 
 
 def overlap_layers(quads: np.ndarray, material: np.ndarray, tol: float = 1e-3) -> np.ndarray:
@@ -650,6 +653,8 @@ class CameraRenderer:
         normal = np.stack([edge[..., 1], -edge[..., 0]], axis=-1)
         normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
         self._box_normal = normal  # (m, 4, 2)
+        self._box_fp, self._box_edge = fp, edge  # (m, 4, 2): corners and the edges leaving them, for the order
+        self._box_edge_inv = 1.0 / np.maximum(np.einsum("mkd,mkd->mk", edge, edge), 1e-12)
         corners = np.ones((m, 8, 4))
         corners[:, :4, :2], corners[:, 4:, :2] = fp, fp
         corners[:, :4, 2], corners[:, 4:, 2] = 0.0, hgt[:, None]
@@ -942,6 +947,7 @@ class CameraRenderer:
 
         A box's reach is the far distance, capped where its narrowest side would be under ~0.35 px wide (LOD).
         With a view wedge, all tests are linear in the box centre, so they are one product with ``_box_aug``.
+        The depth (of the box centre, metres; for fog) is not the drawing order: see :meth:`_far_to_near`.
         """
         px, py = pos[0], pos[1]
         fx, fy = math.cos(heading), math.sin(heading)
@@ -949,17 +955,35 @@ class CameraRenderer:
             rel = self._box_centre - (px, py)
             d2 = np.einsum("ij,ij->i", rel, rel)
             vis = np.flatnonzero(d2 <= self._box_reach**2)
-            order = np.argsort(-d2[vis], kind="stable")
-            return vis[order], np.sqrt(d2[vis][order])
-        left, right = heading - self._wedge_half, heading + self._wedge_half
-        lx, ly, rx, ry = math.sin(left), -math.cos(left), -math.sin(right), math.cos(right)
-        w = np.array([[lx, rx, fx, fx], [ly, ry, fy, fy], [-lx * px - ly * py, -rx * px - ry * py,
-                      -fx * px - fy * py, -fx * px - fy * py], [-1.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
-        q = self._box_aug @ w  # left and right wedge distance - radius, depth - reach, depth
-        vis = np.flatnonzero(q[:, :3].max(axis=1) <= 0.0)
-        depth = q[vis, 3]
-        order = np.argsort(-depth, kind="stable")
+            depth = np.sqrt(d2[vis])
+        else:
+            left, right = heading - self._wedge_half, heading + self._wedge_half
+            lx, ly, rx, ry = math.sin(left), -math.cos(left), -math.sin(right), math.cos(right)
+            w = np.array([[lx, rx, fx, fx], [ly, ry, fy, fy], [-lx * px - ly * py, -rx * px - ry * py,
+                          -fx * px - fy * py, -fx * px - fy * py], [-1.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
+            q = self._box_aug @ w  # left and right wedge distance - radius, depth - reach, depth
+            vis = np.flatnonzero(q[:, :3].max(axis=1) <= 0.0)
+            depth = q[vis, 3]
+        order = self._far_to_near(vis, px, py)
         return vis[order], depth[order]
+
+    def _far_to_near(self, vis: np.ndarray, px: float, py: float) -> np.ndarray:
+        """The painter's order of boxes ``vis``: by the distance from the camera's ground point (px, py) to the
+        nearest point of each footprint, farthest first.
+
+        Boxes stand on the ground with disjoint footprints, so what hides what is decided in the ground plane.
+        Checked against an exact order (a ray test on every pair whose views overlap) every 5th frame of expert
+        drives: on one-turn, two-turn and mixed, the centre's depth drew a farther building over a nearer one
+        in 27 of 900 frames (18 of 300 on one-turn), this key in none. Not exact: two buildings that touch,
+        seen edge-on from far away, can still swap (random:1: 78 of 300 frames before, 52 now, a median of 62
+        pixels each).
+        """
+        a = self._box_fp.take(vis, axis=0)  # (n, 4, 2) corners, and the edges leaving them
+        e = self._box_edge.take(vis, axis=0)
+        rel = (px, py) - a
+        t = np.clip(np.einsum("nkd,nkd->nk", rel, e) * self._box_edge_inv.take(vis, axis=0), 0.0, 1.0)
+        gap = rel - t[..., None] * e
+        return np.argsort(-np.einsum("nkd,nkd->nk", gap, gap).min(axis=1), kind="stable")
 
     def _draw_boxes(self, img: np.ndarray, t: np.ndarray, pos: tuple[float, ...], heading: float) -> None:
         """Fill the camera-facing faces of visible boxes far to near, shaded and fogged by the box's depth."""

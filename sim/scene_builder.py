@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from sim.geometry import PlanView
-from sim.roadnet import JUNCTION_HALF_SIZE_M, Junction, Road, RoadNetwork
+from sim.roadnet import JUNCTION_HALF_SIZE_M, LANE_WIDTH_M, Junction, Road, RoadNetwork
 from sim.scene import Material, Scene, box_footprint, convex_overlap, quad_strip
 
 ROAD_HALF_WIDTH_M = 3.5
@@ -99,21 +99,23 @@ def _junction_quads(j: Junction) -> list[tuple[np.ndarray, Material]]:
 
 ARROW_DISTANCES_M = (6.0, 20.0, 36.0)  # from the junction boundary back along the incoming lane
 ARROW_LENGTH_M, ARROW_SHAFT_M, ARROW_HEAD_M = 6.0, 0.35, 1.5
+ARROW_REACH_M = LANE_WIDTH_M / 2 - 0.3  # a turn arrow's tip, sideways from the lane centre: it stays in its lane
 
 
 def _arrow_quads(turn: str) -> np.ndarray:
     """A lane arrow in its own frame (x forward from the arrow's tail, y right), as convex quads: a shaft and a
-    head pointing ahead, or a shaft bending to the turn's side with the head pointing there."""
+    head pointing ahead, or a shaft bending to the turn's side with the head pointing there. A turn arrow's tip
+    is :data:`ARROW_REACH_M` from the lane centre, inside the lane (not over the kerb or the centre line)."""
     L, w, hw = ARROW_LENGTH_M, ARROW_SHAFT_M / 2, ARROW_HEAD_M / 2
     if turn == "straight":
         shaft = [[0, -w], [L - 2, -w], [L - 2, w], [0, w]]
         head = [[L - 2, -hw], [L, 0], [L, 0], [L - 2, hw]]
         return np.array([shaft, head], np.float64)
-    side = 1.0 if turn == "right" else -1.0
+    side, knee, tip = 1.0 if turn == "right" else -1.0, 0.75, ARROW_REACH_M
     stem = [[0, -w], [L - 1.5, -w], [L - 1.5, w], [0, w]]
-    bar = [[L - 1.5 - 2 * w, 0], [L - 1.5, 0], [L - 1.5, side * 1.2], [L - 1.5 - 2 * w, side * 1.2]]
-    head = [[L - 1.5 - hw * 1.2, side * 1.2], [L - 1.5 + hw * 0.2, side * 1.2], [L - 1.5 - w, side * 2.3],
-            [L - 1.5 - w, side * 2.3]]
+    bar = [[L - 1.5 - 2 * w, 0], [L - 1.5, 0], [L - 1.5, side * knee], [L - 1.5 - 2 * w, side * knee]]
+    head = [[L - 1.5 - hw * 1.2, side * knee], [L - 1.5 + hw * 0.2, side * knee], [L - 1.5 - w, side * tip],
+            [L - 1.5 - w, side * tip]]
     return np.array([stem, bar, head], np.float64)
 
 

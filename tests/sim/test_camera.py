@@ -211,6 +211,82 @@ def test_clipping_near_plane_for_every_heading():
         np.testing.assert_array_equal(img[:5], blank.render(10.0, 1.5, float(yaw))[:5])
 
 
+def test_a_long_building_hides_a_small_one_behind_it_whose_centre_is_nearer():
+    # Seen from the camera at the origin, the small box lies wholly behind the long one, but its centre is
+    # nearer in depth (26.5 m against 30 m): ordered by the centre's depth it was painted over the long one.
+    def scene(*boxes: tuple[np.ndarray, int]) -> Scene:
+        return Scene(np.zeros((0, 4, 2)), np.zeros(0, np.uint8), np.array([b for b, _ in boxes]),
+                     np.full(len(boxes), 10.0), np.array([m for _, m in boxes], np.uint8),
+                     np.ones(len(boxes), np.float32))
+
+    long = (box_footprint(30.0, 4.0, 0.0, 40.0, 4.0), Material.BUILDING)  # x 10..50, y 2..6
+    small = (box_footprint(26.5, 9.5, 0.0, 3.0, 3.0), Material.WALL)  # x 25..28, y 8..11
+    both = _renderer(scene(small, long)).render(-1.5, 0.0, 0.0)  # camera (mounted 1.5 m ahead) at the origin
+    np.testing.assert_array_equal(both, _renderer(scene(long)).render(-1.5, 0.0, 0.0))
+    assert not np.array_equal(both, _renderer(empty_scene()).render(-1.5, 0.0, 0.0))
+
+
+def _occluded_before(renderer: CameraRenderer, pos: tuple, heading: float) -> list[tuple[int, int]]:
+    """Pairs (i, j) of visible boxes where i is drawn before j but hides part of j (exact ray test at the
+    middle of the directions where both are seen)."""
+    order, _ = renderer._visible_boxes(pos, heading)
+    fp, p = renderer._box_fp, np.asarray(pos[:2])
+
+    def span(i: int) -> tuple[float, float]:
+        rel = fp[i] - p
+        a = np.arctan2(rel[:, 1], rel[:, 0]) - heading
+        a = (a + math.pi) % (2 * math.pi) - math.pi
+        return float(a.min()), float(a.max())
+
+    def entry(i: int, d: np.ndarray) -> float:  # distance along the ray from p where it enters box i
+        hits = []
+        for a, b in zip(fp[i], np.roll(fp[i], -1, 0), strict=True):
+            m = np.array([d, a - b]).T
+            if abs(np.linalg.det(m)) > 1e-12:
+                t, s = np.linalg.solve(m, a - p)
+                hits += [t] if t > 0 and 0 <= s <= 1 else []
+        return min(hits, default=math.inf)
+
+    bad = []
+    for x, i in enumerate(order.tolist()):
+        for j in order[x + 1:].tolist():
+            (lo_i, hi_i), (lo_j, hi_j) = span(i), span(j)
+            lo, hi = max(lo_i, lo_j), min(hi_i, hi_j)
+            if hi > lo:
+                d = np.array([math.cos(heading + (lo + hi) / 2), math.sin(heading + (lo + hi) / 2)])
+                bad += [(i, j)] if entry(i, d) < entry(j, d) else []
+    return bad
+
+
+def test_buildings_are_painted_far_to_near_along_a_drive_through_a_junction():
+    from agent.expert import ExpertPolicy
+    from sim.embedded import EmbeddedSimulator
+    from sim.routes import get_route
+
+    route = get_route("one-turn")
+    sim, expert = EmbeddedSimulator(camera=CameraConfig(width=64, height=64)), ExpertPolicy()
+    obs = sim.reset(route, "ClearNoon", 0)
+    expert.reset(route)
+    checked = 0
+    for k in range(400):
+        obs = sim.step(expert.act(obs)[0])
+        if k % 10 == 0:
+            _, pos, _ = sim._renderer._world_to_fixed(sim.state.x_m, sim.state.y_m, sim.state.yaw_rad)
+            assert _occluded_before(sim._renderer, pos, sim.state.yaw_rad + sim._renderer._wedge_yaw) == [], k
+            checked += 1
+    assert checked == 40
+
+
+def test_a_wall_just_in_front_of_the_camera_fills_the_view():
+    # The face is 0.3 m ahead (the camera is mounted 1.5 m ahead of the vehicle origin): with the boxes' near
+    # plane at 0.5 m it was clipped away whole and the camera saw through the wall.
+    box = box_footprint(2.3, 0.0, 0.0, 1.0, 20.0)[None]  # x 1.8..2.8, y -10..10
+    scene = Scene(np.zeros((0, 4, 2)), np.zeros(0, np.uint8), box, np.array([30.0]),
+                  np.array([Material.BUILDING], np.uint8), np.ones(1, np.float32))
+    img = _renderer(scene).render(0.0, 0.0, 0.0)
+    assert np.all(img == img[0, 0]) and not np.array_equal(img[0, 0], _renderer(empty_scene()).render(0, 0, 0)[0, 0])
+
+
 def test_tall_wall_beside_the_camera_is_clipped_cleanly():
     # A 30 m high wall 4 m to the right, from 20 m behind to 20 m ahead: its face crosses the near plane.
     box = box_footprint(0.0, 6.0, 0.0, 40.0, 4.0)[None]
@@ -237,6 +313,16 @@ def test_overlapping_quads_of_one_material_do_not_punch_holes():
     uv, _ = r.project_points(np.array([[21.0, 0.5, 0.0]]), 0.0, 0.0, 0.0)  # inside both quads
     u, v = int(uv[0, 0]), int(uv[0, 1])
     assert tuple(img[v, u]) == r._ground_colours[0]
+
+
+def test_a_triangle_given_as_a_quad_still_counts_as_overlapping():
+    # A repeated corner makes a zero-length edge; its (zero) normal used to read as a separating axis, so the
+    # triangle shared a layer with a quad it overlaps and the even-odd fill punched a hole where they overlap.
+    square = np.array([[0.0, 0.0], [4.0, 0.0], [4.0, 4.0], [0.0, 4.0]])
+    triangle = np.array([[2.0, 2.0], [6.0, 2.0], [6.0, 2.0], [2.0, 6.0]])
+    apart = triangle + 10.0
+    mats = np.zeros(3, np.uint8)
+    assert overlap_layers(np.stack([square, triangle, apart]), mats).tolist() == [0, 1, 0]
 
 
 def test_adjacent_quads_share_layers():

@@ -16,9 +16,12 @@ def test_route_arrows_sit_on_the_incoming_lane_and_point_the_routes_way():
     assert np.all(points[:, 0] < junction.x_m - junction.half_size_m)
     shafts = arrows[0::3].reshape(-1, 2)  # each arrow's first quad is its shaft, on the lane centre
     np.testing.assert_allclose(shafts[:, 1].mean(), 1.75, atol=1e-9)
-    assert np.all(points[:, 1] > 1.5)  # a right arrow only bends right (its head reaches over the kerb)
+    assert np.all(points[:, 1] > 1.5)  # a right arrow only bends right
+    # ... and stays in its lane (y 0..3.5), 0.3 m clear of the edge line: the old head reached y = 4.05, over
+    # the kerb (a left one crossed the centre line)
+    np.testing.assert_allclose(points[:, 1].max(), 3.5 - 0.3)
     right, left = _arrow_quads("right"), _arrow_quads("left")
-    assert right[..., 1].max() > 2.0 and left[..., 1].min() < -2.0  # the heads bend to the turn's side
+    np.testing.assert_allclose([right[..., 1].max(), left[..., 1].min()], [1.45, -1.45])  # to the turn's side
     np.testing.assert_allclose(right[1:, :, 1], -left[1:, :, 1])  # bar and head mirror; the stem is symmetric
 
 
