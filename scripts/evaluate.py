@@ -26,6 +26,7 @@ from agent.factory import POLICIES, resolve_checkpoint
 from scripts.args import arg, env_default
 from sim.backends import BACKENDS
 from sim.carla_routes import carla_route_names
+from sim.embedded import SIM_REVISION
 from sim.errors import UsageError, unknown_name
 from sim.routes import parse_routes
 from sim.types import MAX_SPAWN_NOISE_M, CameraConfig, parse_resolution
@@ -147,6 +148,8 @@ def result_settings(args: Args) -> dict:
                 "fov": args.fov, "backend": args.backend, "camera": args.camera}
     if args.backend == "carla":
         settings["town"] = args.town
+    else:
+        settings["sim_revision"] = SIM_REVISION
     if args.policy == "caril":
         folder = resolve_checkpoint(args.checkpoint)
         digest = hashlib.sha256()

@@ -36,6 +36,11 @@ from sim.weather import Weather, get_weather
 
 log = logging.getLogger(__name__)
 
+# Bumped whenever the same route, weather, seed and controls give other observations (scenes, renderer,
+# physics): results made under another revision are not comparable, so an evaluation will not resume them.
+# 1: buildings painted by their nearest footprint point, lane-sized turn arrows, a 0.1 m near plane for boxes.
+SIM_REVISION = 1
+
 
 @lru_cache(maxsize=16)
 def scene_for(route_name: str) -> Scene:

@@ -65,6 +65,20 @@ def test_evaluate_resume_refuses_other_settings_and_repairs_a_cut_file(tmp_path)
     assert (out / "results.csv").read_text() == whole  # both run again, in plan order, bit for bit
 
 
+def test_evaluate_will_not_resume_results_of_another_simulator_revision(tmp_path):
+    from sim.embedded import SIM_REVISION
+
+    out = tmp_path / "eval"
+    assert caril("evaluate", "--routes", "straight", "--no-camera", "--out", str(out)).returncode == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["result_settings"]["sim_revision"] == SIM_REVISION
+    config["result_settings"]["sim_revision"] = SIM_REVISION - 1  # made before the renderer changed
+    (out / "config.json").write_text(json.dumps(config))
+    r = caril("evaluate", "--routes", "straight", "--no-camera", "--resume", "--out", str(out))
+    assert r.returncode == 2, r.stderr
+    assert f"its results were made with another sim_revision ({SIM_REVISION - 1}, now {SIM_REVISION})" in r.stderr
+
+
 def test_evaluate_resumes_a_campaign_from_before_result_settings_on_its_stored_config(tmp_path):
     out = tmp_path / "eval"
     assert caril("evaluate", "--routes", "straight", "--no-camera", "--out", str(out)).returncode == 0
