@@ -287,6 +287,21 @@ def test_a_wall_just_in_front_of_the_camera_fills_the_view():
     assert np.all(img == img[0, 0]) and not np.array_equal(img[0, 0], _renderer(empty_scene()).render(0, 0, 0)[0, 0])
 
 
+def test_touching_buildings_seen_edge_on_from_far_away_keep_their_order():
+    # Two buildings 1 cm apart (met on random:1), seen from ~200 m at a grazing angle, here at half scale: the
+    # one whose nearest point is nearer is the one hidden, so the nearest-point key alone painted it on top.
+    front = np.array([[139.1, -140.1], [155.8, -140.1], [155.8, -131.2], [139.1, -131.2]]) / 2
+    back = np.array([[128.9, -161.4], [142.1, -161.4], [142.1, -140.11], [128.9, -140.11]]) / 2
+    scene = Scene(np.zeros((0, 4, 2)), np.zeros(0, np.uint8), np.stack([front, back]), np.array([10.0, 10.0]),
+                  np.array([Material.BUILDING, Material.WALL], np.uint8), np.ones(2, np.float32))
+    r = _renderer(scene, width=448, height=448)
+    heading = math.atan2(-140.0, 140.0)
+    _, pos, _ = r._world_to_fixed(-1.5 * math.cos(heading), -1.5 * math.sin(heading), heading)
+    assert np.hypot(*pos[:2]) < 1e-9  # the camera is at the origin
+    assert len(r._box_pairs) == 1 and r._visible_boxes(pos, heading)[0].tolist() == [1, 0]
+    assert _occluded_before(r, pos, heading) == []
+
+
 def test_tall_wall_beside_the_camera_is_clipped_cleanly():
     # A 30 m high wall 4 m to the right, from 20 m behind to 20 m ahead: its face crosses the near plane.
     box = box_footprint(0.0, 6.0, 0.0, 40.0, 4.0)[None]
