@@ -22,8 +22,9 @@ structs do not have this version's field counts gets a :class:`ProtocolMismatch`
 
 from __future__ import annotations
 
+import math
 import struct
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, fields
 from typing import Any, NamedTuple
 
 import msgpack
@@ -112,6 +113,16 @@ def f32(value: float) -> float:
     return float(str(np.float32(value)))
 
 
+def finite_f32(value: float, what: str) -> float:
+    """:func:`f32` of a number the world will use; NaN, infinite or beyond float32 is the caller's error (a
+    NaN control, pose or weather would otherwise poison every later tick for every client)."""
+    with np.errstate(over="ignore"):
+        out = f32(value)
+    if not math.isfinite(out):
+        raise CarilError(f"{what} is {value!r}, not a finite number")
+    return out
+
+
 # -- RPC framing ------------------------------------------------------------------------------------------
 
 REQUEST, RESPONSE, NOTIFY = 0, 1, 2
@@ -188,13 +199,14 @@ class Transform(NamedTuple):
     @classmethod
     def from_msg(cls, msg: Any) -> Transform:
         (x, y, z), (pitch, yaw, roll) = msg
-        return cls(*(f32(v) for v in (x, y, z, pitch, yaw, roll)))
+        return cls(*(finite_f32(v, f"a transform's {name}") for v, name in
+                     zip((x, y, z, pitch, yaw, roll), ("x", "y", "z", "pitch", "yaw", "roll"), strict=True)))
 
 
 def decode_vector(msg: Any) -> tuple[float, float, float]:
     """``[x, y, z]`` (a ``Location`` or ``Vector3D``)."""
     x, y, z = msg
-    return f32(x), f32(y), f32(z)
+    return finite_f32(x, "a vector's x"), finite_f32(y, "a vector's y"), finite_f32(z, "a vector's z")
 
 
 def encode_bounding_box(center: tuple[float, float, float], extent: tuple[float, float, float]) -> list:
@@ -263,7 +275,7 @@ class WeatherParameters:
     def from_msg(cls, msg: Any, protocol: WireProtocol) -> WeatherParameters:
         if len(msg) != protocol.weather_fields:
             raise mismatch(protocol, "WeatherParameters", len(msg), protocol.weather_fields)
-        return cls(*(f32(v) for v in msg))
+        return cls(*(finite_f32(v, f"weather {f.name}") for v, f in zip(msg, fields(cls), strict=True)))
 
 
 @dataclass
@@ -286,7 +298,8 @@ class VehicleControl:
         if len(msg) != protocol.vehicle_control_fields:
             raise mismatch(protocol, "VehicleControl", len(msg), protocol.vehicle_control_fields)
         throttle, steer, brake, hand_brake, reverse, manual, gear = msg
-        return cls(f32(throttle), f32(steer), f32(brake), bool(hand_brake), bool(reverse), bool(manual), int(gear))
+        return cls(finite_f32(throttle, "control throttle"), finite_f32(steer, "control steer"),
+                   finite_f32(brake, "control brake"), bool(hand_brake), bool(reverse), bool(manual), int(gear))
 
 
 # -- blueprints and actors --------------------------------------------------------------------------------
@@ -370,6 +383,7 @@ VEHICLE_DATA = struct.Struct("<3f???ifB?IB")  # control | speed limit km/h | lig
 IMAGE_HEADER = struct.Struct("<IIf")  # width | height | fov deg
 STREAM_LENGTH = struct.Struct("<I")
 ACTOR_ACTIVE = 1
+TRAFFIC_LIGHT_GREEN = 2  # carla.TrafficLightState (Red, Yellow, Green, ...): a car at no light reads Green
 
 
 def pack_token(stream_id: int, port: int) -> bytes:
@@ -420,7 +434,7 @@ def pack_actor_state(state: ActorState, protocol: WireProtocol) -> bytes:
     if state.control is not None:
         c = state.control
         union = VEHICLE_DATA.pack(c.throttle, c.steer, c.brake, c.hand_brake, c.reverse, c.manual_gear_shift,
-                                  c.gear, state.speed_limit_kmh, 0, False, 0, 0)
+                                  c.gear, state.speed_limit_kmh, TRAFFIC_LIGHT_GREEN, False, 0, 0)
     return head + union.ljust(protocol.actor_state_size - len(head), b"\0")
 
 

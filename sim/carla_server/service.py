@@ -48,8 +48,29 @@ EMPTY_LIST_CALLS = frozenset({  # queries whose honest answer in the embedded wo
 })
 
 
+PYTHON_NAMES = {  # wire names of unsupported calls whose Python API name differs, for the error message
+    "project_point": "World.ground_projection",
+    "cast_ray": "World.cast_ray",
+    "get_level_bbs": "World.get_level_bbs",
+    "unload_map_layer": "World.unload_map_layer",
+    "copy_opendrive_to_file": "Client.generate_opendrive_world",
+    "start_recorder": "Client.start_recorder",
+    "stop_recorder": "Client.stop_recorder",
+    "show_recorder_file_info": "Client.show_recorder_file_info",
+    "replay_file": "Client.replay_file",
+    "get_actor_component_world_transform": "Actor.get_component_world_transform",
+    "get_actor_component_relative_transform": "Actor.get_component_relative_transform",
+    "get_actor_bone_world_transforms": "Actor.get_bone_world_transforms",
+    "get_actor_bone_relative_transforms": "Actor.get_bone_relative_transforms",
+    "get_physics_control": "Vehicle.get_physics_control",
+    "apply_physics_control": "Vehicle.apply_physics_control",
+    "apply_ackermann_control_to_vehicle": "Vehicle.apply_ackermann_control",
+}
+
+
 def unsupported_message(name: str) -> str:
-    return (f"caril serve does not support the CARLA call '{name}': it serves the embedded simulator "
+    python = f" ({PYTHON_NAMES[name]})" if name in PYTHON_NAMES else ""
+    return (f"caril serve does not support the CARLA call '{name}'{python}: it serves the embedded simulator "
             "(one vehicle type, RGB cameras, collision and lane-invasion sensors; no walkers, traffic lights, "
             "physics control or recorder). See sim/carla_server/service.py for the calls it answers")
 
@@ -197,7 +218,7 @@ class CarlaService:
 
     def rpc_get_vehicle_light_state(self, actor_id: int) -> list:
         self.world.get(int(actor_id))
-        return response_ok(0)  # carla.VehicleLightState.NONE: the embedded car has no lights
+        return response_ok([0])  # rpc::VehicleLightState{NONE}, an array of its flags: the car has no lights
 
     # -- batches ------------------------------------------------------------------------------------------
     def rpc_apply_batch(self, commands: list, do_tick_cue: bool = False) -> list:
@@ -240,6 +261,8 @@ class CarlaService:
             "SetSimulatePhysics": lambda i, e: world.set_simulate_physics(i, bool(e)),
             "SetEnableGravity": lambda i, _: None,
             "SetVehicleLightState": lambda i, _: None,
+            "SetAutopilot": lambda i, _: None,  # the client's own Traffic Manager takes the car; nothing to do here
+            "ShowDebugTelemetry": lambda i, _: None,
         }
         if name not in handlers:
             raise CarilError(unsupported_message(f"command.{name}"))

@@ -298,6 +298,44 @@ def test_an_unsupported_call_is_a_runtime_error_naming_it(server):
     assert out["still_fine"] is False and out["destroyed"] is True
 
 
+BAD_NUMBERS = """
+set_sync(world, True)
+library = world.get_blueprint_library()
+points = world.get_map().get_spawn_points()
+vehicle = world.spawn_actor(library.find("vehicle.tesla.model3"), points[0])
+vehicle.apply_control(carla.VehicleControl(throttle=float("nan")))  # fire-and-forget: refused, not applied
+world.set_weather(carla.WeatherParameters(cloudiness=float("nan")))
+world.tick()
+errors = []
+try:
+    world.spawn_actor(library.find("vehicle.tesla.model3"), carla.Transform(carla.Location(float("nan"), 0, 0)))
+except RuntimeError as e:
+    errors.append(str(e))
+try:
+    world.ground_projection(carla.Location(0, 0, 10))
+except RuntimeError as e:
+    errors.append(str(e))
+second = world.spawn_actor(library.find("vehicle.tesla.model3"), points[1])  # spawning still works
+batch = client.apply_batch_sync([carla.command.SetAutopilot(second.id, False)])
+world.tick()
+emit(throttle=vehicle.get_control().throttle, cloudiness=world.get_weather().cloudiness, errors=errors,
+     light=str(vehicle.get_light_state()), traffic_light=str(vehicle.get_traffic_light_state()),
+     batch_errors=[r.error for r in batch], x=vehicle.get_transform().location.x)
+emit(destroyed=[second.destroy(), vehicle.destroy()])
+set_sync(world, False)
+"""
+
+
+def test_bad_numbers_are_refused_and_other_answers_read_as_in_carla(server):
+    out = merged(run_client(BAD_NUMBERS, server))
+    # a NaN control or weather would have poisoned every later tick; a NaN spawn blocked all later spawns
+    assert out["throttle"] == 0.0 and math.isfinite(out["cloudiness"]) and math.isfinite(out["x"])
+    assert out["errors"][0].endswith("a transform's x is nan, not a finite number")
+    assert "'project_point' (World.ground_projection)" in out["errors"][1]
+    assert out["light"] == "NONE" and out["traffic_light"] == "Green"  # no lights: NONE, not std::bad_cast
+    assert out["batch_errors"] == [""] and out["destroyed"] == [True, True]
+
+
 def _rpc(port: int, name: str, *args) -> list:
     """One raw msgpack-rpc call, as a client of another CARLA version would make it; returns the response."""
     with socket.create_connection(("127.0.0.1", port), timeout=10.0) as sock:

@@ -199,7 +199,7 @@ def test_vehicle_record_golden_bytes():
                        (0.5, 0.0, 0.0), VehicleControl(0.5, -0.25, 0.0, True, False, False, 3), 30.0)
     record = pack_actor_state(state, P)
     expected = h("09000000 01" + f4(1, 2, 0, 0, 45, 0) + f4(1, 0, 0) + f4(0, 0, 10) + f4(0.5, 0, 0)
-                 + f4(0.5, -0.25, 0.0) + "01 00 00" + "03000000" + f4(30.0) + "00 00 00000000 00")
+                 + f4(0.5, -0.25, 0.0) + "01 00 00" + "03000000" + f4(30.0) + "02 00 00000000 00")  # light Green
     assert record == expected + bytes(119 - len(expected))
     assert len(record) == P.actor_state_size == 119
 
