@@ -12,6 +12,9 @@ from sim.errors import CarilError, UsageError, unknown_name
 POLICIES = ("expert", "caril")
 
 
+NEEDS_CHECKPOINT = "--policy caril needs --checkpoint RUN (a folder written by caril train, or policies/caril_small)"
+
+
 def make_policy(name: str, checkpoint: str | None = None, correction: str = "caril", **kwargs: Any) -> Policy:
     """``expert`` (privileged route follower) or ``caril`` (the learned agent from ``checkpoint``, a run
     folder or its ``best``/``last`` checkpoint folder, with the named ``correction``)."""
@@ -21,7 +24,7 @@ def make_policy(name: str, checkpoint: str | None = None, correction: str = "car
         from agent.caril_agent import CarilAgent, CarilAgentConfig
 
         if not checkpoint:
-            raise UsageError("--policy caril needs --checkpoint RUN (a folder written by caril train)")
+            raise UsageError(NEEDS_CHECKPOINT)
         return CarilAgent(resolve_checkpoint(checkpoint), CarilAgentConfig(correction=correction, **kwargs))
     raise unknown_name("policy", name, POLICIES)
 

@@ -3,6 +3,13 @@
 with the driving network's, on the driving network's own states.
 
     python examples/independent_heads.py --drive policies/caril_small --other runs/other/best [--episodes 2]
+        [--routes straight --weathers ClearNoon]      # the full run takes about 45 ms per tick on a CPU
+
+``--other`` checkpoints are any other runs of ``caril train``; the README's figures used the shipped recipe
+(policies/caril_small/README.md) on two other 36-episode recordings, e.g. ``caril collect --routes paper
+--weathers ClearNoon,CloudyNoon --episodes 36 --seed 11 --workers 2 --out data/other`` then the recipe's
+``caril train`` with ``--data data/other --out runs/other``. Their steering is compared in the driving
+checkpoint's units (each net's output is rescaled by the ratio of the steering scales).
 
 The ``--drive`` checkpoint drives the paper's routes with ``regression`` (ClearNoon and HardRainNoon, spawn
 offset 0.3 m); at every tick the ``--other`` checkpoints read the same camera frame and route command. Against
@@ -24,8 +31,8 @@ from agent.expert import ExpertConfig, ExpertPolicy
 from sim.dynamics import VehicleParams
 from sim.embedded import EmbeddedSimulator
 
-ROUTES = ("straight", "one-turn", "two-turn")
-WEATHERS = ("ClearNoon", "HardRainNoon")
+ROUTES = "straight,one-turn,two-turn"
+WEATHERS = "ClearNoon,HardRainNoon"
 
 
 def drive(agent: CarilAgent, others: list[CarilAgent], sim: EmbeddedSimulator, route: str, weather: str,
@@ -41,9 +48,10 @@ def drive(agent: CarilAgent, others: list[CarilAgent], sim: EmbeddedSimulator, r
         control, record = agent.act(obs)
         row = [obs.lane.lateral_offset_m, float(np.clip(expert.act(obs)[0].steer * agent.ckpt.steer_scale, -1, 1)),
                record["steer_regression"], record["steer_classification"]]
-        for other in others:
+        for other in others:  # in the driving checkpoint's units, whatever steering scale the other has
             steer, probs, _, _ = other.predict(obs.image, obs.command)
-            row += [steer, float(probs @ other.ckpt.bins.centres)]
+            to_drive = agent.ckpt.steer_scale / other.ckpt.steer_scale
+            row += [steer * to_drive, float(probs @ other.ckpt.bins.centres) * to_drive]
         rows.append(row)
         obs = sim.step(control)
         if obs.lane.distance_along_m >= sim.route.length_m - 1.0 or obs.collisions:
@@ -56,14 +64,16 @@ def main() -> None:
     parser.add_argument("--drive", required=True, help="checkpoint that drives (its regression head)")
     parser.add_argument("--other", required=True, nargs="+", help="independently trained checkpoints to compare")
     parser.add_argument("--episodes", type=int, default=2, help="episodes per route and weather")
+    parser.add_argument("--routes", default=ROUTES, help="comma-separated routes")
+    parser.add_argument("--weathers", default=WEATHERS, help="comma-separated weather presets")
     args = parser.parse_args()
     settings = CarilAgentConfig(correction="regression", device="cpu")
     agent = CarilAgent(args.drive, settings)
     others = [CarilAgent(path, settings) for path in args.other]
     sim = EmbeddedSimulator(spawn_noise_m=0.3)
     rows = []
-    for weather in WEATHERS:
-        for route in ROUTES:
+    for weather in args.weathers.split(","):
+        for route in args.routes.split(","):
             for seed in range(1000, 1000 + args.episodes):
                 rows += drive(agent, others, sim, route, weather, seed)
                 print(f"\r{len(rows)} ticks ({weather}, {route}, seed {seed})", end="", flush=True)

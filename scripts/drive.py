@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.correction import STRATEGIES
+from agent.factory import NEEDS_CHECKPOINT
 from scripts.args import arg, env_default
 from sim.backends import BACKENDS, make_simulator
 from sim.errors import CarilError, UsageError
@@ -70,7 +71,7 @@ class Args:
 
     def __post_init__(self) -> None:
         if self.policy == "caril" and not self.checkpoint:
-            raise UsageError("--policy caril needs --checkpoint RUN (a folder written by caril train)")
+            raise UsageError(NEEDS_CHECKPOINT)
         if self.checkpoint and self.policy != "caril":
             raise UsageError("--checkpoint is only used with --policy caril")
         if self.frames < 0 or self.fps < 0 or self.threads < 0:

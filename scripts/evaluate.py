@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from agent.correction import STRATEGIES
-from agent.factory import POLICIES, resolve_checkpoint
+from agent.factory import NEEDS_CHECKPOINT, POLICIES, resolve_checkpoint
 from scripts.args import arg, env_default
 from sim.backends import BACKENDS
 from sim.carla_routes import carla_route_names
@@ -89,7 +89,9 @@ class Args:
             for name in self.correction_names:
                 if name not in STRATEGIES:
                     raise unknown_name("correction", name, list(STRATEGIES))
-            resolve_checkpoint(self.checkpoint or "")
+            if not self.checkpoint:
+                raise UsageError(NEEDS_CHECKPOINT)
+            resolve_checkpoint(self.checkpoint)
         routes = carla_route_names(self.routes) if self.backend == "carla" else parse_routes(self.routes)
         self.route_names = unique(routes)  # a name given twice would count its episodes twice
         self.weather_names = unique(w.name for w in parse_weathers(self.weathers))
@@ -184,8 +186,9 @@ def resume_mismatch(args: Args, trust_legacy: bool = True, settings: dict | None
                         args.checkpoint)
     for key in sorted(set(stored) | set(now)):
         if stored.get(key) != now.get(key):
-            what = "the checkpoint's weights or config" if key == "checkpoint_sha256" else key
-            return f"its results were made with another {what} ({stored.get(key)!r}, now {now.get(key)!r})"
+            if key == "checkpoint_sha256":
+                return "its results were made with a checkpoint of other weights or config (its SHA-256 differs)"
+            return f"its results were made with another {key} ({stored.get(key)!r}, now {now.get(key)!r})"
     return None
 
 

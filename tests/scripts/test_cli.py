@@ -134,6 +134,7 @@ def test_a_path_that_cannot_be_used_is_one_line(tmp_path):
     (["render", "--route", "straight", "--distance", "9999", "--out", "x.png"], "distance 9999.0 m is outside"),
     (["render", "--res", "wide", "--out", "x.png"], "resolution 'wide' is not WIDTHxHEIGHT"),
     (["evaluate", "--seed", "-3", "--out", "x"], "--seed must not be negative, got -3"),
+    (["evaluate", "--policy", "caril", "--out", "x"], "--policy caril needs --checkpoint RUN"),  # as drive says
     (["evaluate", "--checkpoint", "policies/caril_small", "--cuda-graphs", "--out", "x"],
      "--checkpoint, --cuda-graphs only apply to --policy caril (this run drives expert)"),
     (["evaluate", "--policy", "caril", "--checkpoint", "policies/caril_small", "--corrections", ",", "--out", "x"],
