@@ -31,6 +31,7 @@ from sim.weather import Weather
 
 SHIFT = 8  # fractional bits of the fixed-point vertex coordinates given to cv2 fills (1/256 px)
 _SCALE = float(1 << SHIFT)
+_PAD_PX = 1  # spare columns each side of the ground canvas (_draw_ground)
 _COORD_LIMIT = float(2**30)  # fixed-point coordinates are clipped to this so the int32 cast never wraps
 _OFFSCREEN = -(2.0**29)  # fixed-point coordinate far outside any image (polygons wholly behind the camera)
 _EMPTY_PTS = np.zeros((0, 4, 2), np.int32)
@@ -586,12 +587,13 @@ class CameraRenderer:
 
         The clip line is where the plane Z = near meets the ground; its image lies about f*h/near pixels from
         the principal point, so near is halved from 0.1 m until that is beyond twice the image size. Then the
-        detours along it that :func:`_clip_near` makes are never visible.
+        detours along it that :func:`_clip_near` makes are never visible. Near starts at most at half the
+        camera height: a camera 6 cm up looking down sees only ground nearer than 0.1 m, which was all cut.
         """
         a, b, c = (float(v) for v in self._cv_from_vehicle[:, 2])  # ground normal in camera coordinates
         h, f = self._cam_z, self.focal_px
         ab2 = a * a + b * b
-        near = _NEAR_M
+        near = min(_NEAR_M, 0.5 * h)
         if ab2 < 1e-18:
             return near, np.full((2, 1, 1), _OFFSCREEN)  # image plane parallel to the ground: never cut
         limit = 2.0 * max(self.width, self.height)
@@ -643,6 +645,9 @@ class CameraRenderer:
             self._ground_dist = np.where(self._ground_px, self._cam_z / np.maximum(-dz, 1e-9), np.inf)
         ground_rows = np.flatnonzero(self._ground_px.any(axis=1))
         self._sky_rows = int(ground_rows[0]) if len(ground_rows) else h  # rows above any ground pixel
+        # Where a rolled horizon leaves sky below _sky_rows, the sun is masked to the sky pixels instead.
+        tilted = bool((~self._ground_px[self._sky_rows:]).any())
+        self._sky_mask = (~self._ground_px).astype(np.uint8) if tilted else None
 
     def _init_ground(self, scene: Scene, cell_m: float) -> None:
         """Sort quads into paint groups (material, overlap layer), merge strips, build the culling grid."""
@@ -720,6 +725,7 @@ class CameraRenderer:
         self._face_rgb = self._box_palette(look)
         self._colour_lut, self._colour_bins_per_m = self._box_colour_lut(look)
         self._bg = self._background(look)
+        self._bg_canvas = np.pad(self._bg, ((0, 0), (_PAD_PX, _PAD_PX), (0, 0)), mode="edge")
         self._sheen = self._sheen_band(look)
         self._fog = self._fog_band(look)
         self._sun = self._sun_sprite(look)
@@ -911,14 +917,16 @@ class CameraRenderer:
 
         The returned array is freshly allocated (C-contiguous); the renderer keeps no reference to it.
         """
-        img = self._bg.copy()
+        canvas = self._bg_canvas.copy()  # the background with spare columns: see _draw_ground
+        img = canvas[:, _PAD_PX:_PAD_PX + self.width]
         t, pos, rows = self._world_to_fixed(x_m, y_m, yaw_rad)
         heading = yaw_rad + self._wedge_yaw
         if self._sun is not None:
             self._draw_sun(img, rows)
         cells = self._grid.visible_cells(pos[0], pos[1], heading)
         if cells is not None and self._ground.n:
-            self._draw_ground(img, t, cells)
+            self._draw_ground(canvas, t, cells)
+        img = np.ascontiguousarray(img)
         if self._sheen is not None:
             r0, r1, lo, hi, sheen = self._sheen
             band = img[r0:r1]
@@ -937,7 +945,8 @@ class CameraRenderer:
     def _draw_sun(self, img: np.ndarray, rows: list) -> None:
         """Add the sun glow sprite at the sun's pixel when it is in front of the camera.
 
-        Only rows above the highest ground pixel get it (all of the sky when the camera is not rolled).
+        Only sky pixels get it: the rows above the highest ground pixel, or, where a rolled camera tilts the
+        horizon, every pixel of the sky mask (clipping to those rows cut the glow off, or hid it at 45 deg).
         """
         sx, sy, sz = self._sun_dir
         d0, d1, d2 = ((r0 * sx + r1 * sy + r2 * sz) for r0, r1, r2, _ in rows)
@@ -948,27 +957,39 @@ class CameraRenderer:
         half = sprite.shape[0] // 2
         x0, y0 = int(math.floor(u)) - half, int(math.floor(v)) - half
         x1, y1 = x0 + sprite.shape[1], y0 + sprite.shape[0]
-        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, self.width), min(y1, self._sky_rows)
+        mask = self._sky_mask
+        bottom = self.height if mask is not None else self._sky_rows
+        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, self.width), min(y1, bottom)
         if cx0 >= cx1 or cy0 >= cy1:
             return
         roi = img[cy0:cy1, cx0:cx1]
-        cv2.add(roi, sprite[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0], dst=roi)
+        part = sprite[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+        if mask is None:
+            cv2.add(roi, part, dst=roi)
+        else:
+            cv2.add(roi, part, dst=roi, mask=mask[cy0:cy1, cx0:cx1])
 
-    def _draw_ground(self, img: np.ndarray, t: np.ndarray, cells: np.ndarray) -> None:
-        """Project, near-clip and fill the ground polygons of ``cells``: one fillPoly call per paint group."""
+    def _draw_ground(self, canvas: np.ndarray, t: np.ndarray, cells: np.ndarray) -> None:
+        """Project, near-clip and fill the ground polygons of ``cells``: one fillPoly call per paint group.
+
+        ``canvas`` is the image with :data:`_PAD_PX` spare columns each side: ``cv2.fillPoly`` clamps a span
+        that lies wholly left or right of its image into the border column, so a thin polygon just off-screen
+        painted a 1-pixel stripe down the image's edge (in 6 of 108 sampled frames of ``curves``); the
+        spare columns take those spans and are cut away.
+        """
         hom = t[:, (0, 1, 3)]  # the ground plane z=0 maps by a homography
         pts, b, clipped, bc = self._ground.project(cells, hom, self._ground_near, self._ground_fill)
-        fill, line, shift = cv2.fillPoly, cv2.LINE_8, SHIFT
+        fill, line, shift, offset = cv2.fillPoly, cv2.LINE_8, SHIFT, (_PAD_PX << SHIFT, 0)
         # Lists of 2-D arrays convert faster than 3-D arrays in cv2's bindings; a group's polygons never
         # overlap, so its unclipped and clipped ones go in one call.
         if bc is None:
             for g, colour in enumerate(self._ground_colours):
                 if b[g + 1] > b[g]:
-                    fill(img, list(pts[b[g]:b[g + 1]]), colour, line, shift)
+                    fill(canvas, list(pts[b[g]:b[g + 1]]), colour, line, shift, offset)
             return
         for g, colour in enumerate(self._ground_colours):
             if b[g + 1] > b[g] or bc[g + 1] > bc[g]:
-                fill(img, [*pts[b[g]:b[g + 1]], *clipped[bc[g]:bc[g + 1]]], colour, line, shift)
+                fill(canvas, [*pts[b[g]:b[g + 1]], *clipped[bc[g]:bc[g + 1]]], colour, line, shift, offset)
 
     def _visible_boxes(self, pos: tuple[float, ...], heading: float) -> tuple[np.ndarray, np.ndarray]:
         """Indices of boxes in the view wedge and within their reach, ordered far to near, and their depths.

@@ -340,6 +340,43 @@ def test_a_triangle_given_as_a_quad_still_counts_as_overlapping():
     assert overlap_layers(np.stack([square, triangle, apart]), mats).tolist() == [0, 1, 0]
 
 
+def test_a_marking_just_off_screen_paints_no_stripe_down_the_image_edge():
+    # cv2.fillPoly clamps a span lying wholly left of the image into column 0: a lane line just off-screen
+    # painted column 0 white (226, 228, 229) from row 329 to the bottom, beside asphalt (83, 84, 90).
+    from sim.embedded import scene_for
+
+    img = CameraRenderer(scene_for("curves"), CameraConfig(), CLEAR).render(134.5546, 35.4764, 0.78003)
+    brighter = (img[:, 0].astype(int) - img[:, 2].astype(int)).sum(axis=-1) > 60
+    assert brighter.sum() <= 1  # one row may be the line's own corner
+
+
+@pytest.mark.parametrize("roll", [20.0, 45.0])
+def test_a_rolled_camera_sees_the_whole_sun_glow_and_only_in_the_sky(roll):
+    # The glow was clipped to the rows above the highest ground pixel: at 20 deg roll 1,115 of its 3,969
+    # pixels were drawn, at 45 deg none.
+    def glow(r: CameraRenderer) -> np.ndarray:
+        lit = r.render(0.0, 0.0, math.radians(-25))
+        sun, r._sun = r._sun, None
+        dark = r.render(0.0, 0.0, math.radians(-25))
+        r._sun = sun
+        return (lit != dark).any(axis=-1)
+
+    level = glow(_renderer(empty_scene(), WEATHERS["ClearSunset"], width=448, height=448))
+    rolled_renderer = _renderer(empty_scene(), WEATHERS["ClearSunset"], width=448, height=448, roll_deg=roll)
+    rolled = glow(rolled_renderer)
+    assert rolled.sum() == level.sum() == 3969
+    assert not (rolled & rolled_renderer._ground_px).any()
+
+
+def test_a_camera_just_above_the_road_looking_down_sees_the_road():
+    # 6 cm up, looking down: every visible ground point is nearer than the 0.1 m near plane, so it was all cut
+    # and the image was the background's grass.
+    r = _renderer(straight_test_scene(), z_m=0.06, pitch_deg=-89.9, x_m=0.0)
+    img = r.render(20.0, 1.75, 0.0)  # over the right lane
+    asphalt = r._ground_colours[r._group_material.index(Material.ASPHALT)]
+    assert (img == asphalt).all(axis=-1).mean() > 0.9
+
+
 def test_adjacent_quads_share_layers():
     xs = np.arange(0.0, 50.0, 5.0)
     strip = quad_strip(np.stack([xs, np.zeros_like(xs)], 1), np.stack([xs, np.full_like(xs, 3.0)], 1))
