@@ -22,7 +22,12 @@ stays valid OpenDRIVE with:
   ``sim.carla_routes`` included) need every lane a route can end on in it;
 * a road that starts in a dead end (a route's first road) gets a straight lead-in road of
   :data:`DEAD_END_LEAD_M` before it: a car spawned at the route start overhangs the road's start by half its
-  length, and CARLA's lane-invasion sensor would report its rear entering the road as a line crossing.
+  length, and CARLA's lane-invasion sensor would report its rear entering the road as a line crossing;
+* every two-way dead end (after those: a route's two ends, the stubs of unused junction arms) ends in a
+  keyhole turn-around, a connecting road in a junction of its own (:func:`turn_around_plan`), so the network
+  is closed as CARLA's towns are: ``next()`` never comes back empty, the Traffic Manager keeps its cars, route
+  planners find a way back, and the client's ``previous_until_lane_start`` (which crashes at a lane with no
+  predecessor) works. The embedded scene does not draw them (no asphalt there; no building is either).
 
 Frames: our world frame is CARLA's left-handed one (y right, heading positive towards +y); OpenDRIVE's is
 right-handed and CARLA negates y when it reads a map. So every y, heading and curvature changes sign here,
@@ -31,18 +36,20 @@ and the client reports positions in our frame again.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from sim.geometry import Geometry
+from sim.geometry import Geometry, PlanView
 from sim.roadnet import Junction, Link, Road, RoadNetwork
 
 LINE_WIDTH_M = 0.15  # painted line width, as in sim.scene_builder
 SPEED_LIMIT_KMH = 30.0  # CARLA's town default
 DEAD_END_TAIL_M = 1.0
 DEAD_END_LEAD_M = 5.0
+TURN_AROUND_RADII_M = (3.5, 3.0)  # a dead end's turn-around: its opening arcs' and its bulb's radius
 GEO_REFERENCE = "+proj=tmerc +lat_0=0 +lon_0=0 +k=1 +x_0=0 +y_0=0 +datum=WGS84 +units=m +no_defs"
 
 LaneLinks = dict[int, tuple[int | None, int | None]]  # lane id -> (predecessor lane, successor lane)
@@ -130,8 +137,9 @@ def connecting_lane_links(road: Road) -> LaneLinks:
     return {-1: (leaving, entering)}
 
 
-def _xroads(network: RoadNetwork) -> tuple[list[_XRoad], dict[int, int]]:
-    """Every road as written (with the dead-end tails and lead-ins) and the junction id mapping."""
+def _xroads(network: RoadNetwork) -> tuple[list[_XRoad], dict[int, int], list[str]]:
+    """Every road as written (with the dead-end tails, lead-ins and turn-arounds), the junction id mapping,
+    and the turn-arounds' ``<junction>`` elements."""
     ordinary = [network.roads[k] for k in sorted(network.roads) if network.roads[k].junction < 0]
     next_id = max(network.roads, default=-1) + 1
     tail_ids = {}
@@ -139,7 +147,10 @@ def _xroads(network: RoadNetwork) -> tuple[list[_XRoad], dict[int, int]]:
         if r.successor is None and -1 in r.lanes and r.length_m > 2 * DEAD_END_TAIL_M:
             tail_ids[r.id] = next_id + len(tail_ids)
     lead_ids = {r.id: next_id + len(tail_ids) + k for k, r in enumerate(x for x in ordinary if x.predecessor is None)}
-    junction_id = junction_ids(network, next_id + len(tail_ids) + len(lead_ids))
+    dead_ends = [(tail_ids.get(r.id, r.id), "end") for r in ordinary if r.successor is None and _two_way(r.lanes)]
+    dead_ends += [(lead_ids[r.id], "start") for r in ordinary if r.predecessor is None and _two_way(r.lanes)]
+    first_uturn = next_id + len(tail_ids) + len(lead_ids)
+    junction_id = junction_ids(network, first_uturn + len(dead_ends))
     out = []
     for rid in sorted(network.roads):
         road = network.roads[rid]
@@ -160,7 +171,53 @@ def _xroads(network: RoadNetwork) -> tuple[list[_XRoad], dict[int, int]]:
             out.append(_XRoad(tid, f"road{rid}_end", tail_records, DEAD_END_TAIL_M, road.lane_width_m, road.lanes,
                               predecessor=f'<predecessor elementType="road" elementId="{rid}" contactPoint="end"/>',
                               lane_links={lane: (lane, None) for lane in road.lanes}))
-    return out, junction_id
+    by_id = {x.id: x for x in out}
+    first_junction = max(junction_id.values(), default=first_uturn + len(dead_ends) - 1) + 1
+    junctions = []
+    for k, (rid, contact) in enumerate(dead_ends):
+        uturn, junction = _turn_around(by_id[rid], contact, first_uturn + k, first_junction + k)
+        out.append(uturn)
+        junctions.append(junction)
+    return out, junction_id, junctions
+
+
+def _two_way(lanes: tuple[int, ...]) -> bool:
+    return set(lanes) == {-1, 1}
+
+
+def turn_around_plan(x_m: float, y_m: float, heading_rad: float) -> PlanView:
+    """A keyhole turn-around from ``(x_m, y_m)`` heading ``heading_rad`` back to the same point heading the
+    other way (our frame: positive curvature turns right): a right arc, a left bulb, a right arc. Its right
+    side (lane -1) runs from the lane arriving at a dead end, round the bulb, into the lane leaving it; the
+    bulb's lane centre has a 4.75 m radius, which the car's 70 deg steering takes easily."""
+    a, b = TURN_AROUND_RADII_M
+    alpha = math.acos(a / (a + b))  # the bulb's centre lies on the road's axis: the turn closes
+    return (PlanView(x_m, y_m, heading_rad).arc(a * alpha, 1.0 / a).arc(b * (math.pi + 2.0 * alpha), -1.0 / b)
+            .arc(a * alpha, 1.0 / a))
+
+
+def _turn_around(x: _XRoad, contact: str, road_id: int, junction_id: int) -> tuple[_XRoad, str]:
+    """The connecting road of a turn-around at the ``contact`` end of road ``x`` (which is linked to it) and
+    its ``<junction>``. CARLA's towns have no dead ends and its client assumes none: without this a lane's
+    ``next()`` came back empty, the Traffic Manager removed cars there, route planners found no way back and
+    ``previous_until_lane_start`` crashed the 0.9.16 client."""
+    first, last = x.records[0], x.records[-1]
+    if contact == "end":
+        px, py, heading = last.end_pose()
+        leaving, entering = -1, 1
+        x.successor = f'<successor elementType="junction" elementId="{junction_id}"/>'
+    else:
+        px, py, heading = first.x_m, first.y_m, first.heading_rad + math.pi
+        leaving, entering = 1, -1
+        x.predecessor = f'<predecessor elementType="junction" elementId="{junction_id}"/>'
+    plan = turn_around_plan(px, py, heading)
+    link = f'elementType="road" elementId="{x.id}" contactPoint="{contact}"'
+    uturn = _XRoad(road_id, f"road{x.id}_turn_{contact}", plan.records, plan.length_m, x.lane_width_m, (-1,),
+                   junction_id, f"<predecessor {link}/>", f"<successor {link}/>", {-1: (leaving, entering)})
+    junction = (f'<junction id="{junction_id}" name="turn_around{x.id}_{contact}"><connection id="0" '
+                f'incomingRoad="{x.id}" connectingRoad="{road_id}" contactPoint="start">'
+                f'<laneLink from="{leaving}" to="-1"/></connection></junction>')
+    return uturn, junction
 
 
 def _lead_in(road: Road, x: _XRoad, lead_id: int) -> _XRoad:
@@ -241,7 +298,8 @@ def to_opendrive(network: RoadNetwork, name: str | None = None) -> str:
     header = (f'<header revMajor="1" revMinor="4" {_attrs(name=name or network.name, version="1.00")} '
               f'{_attrs(**_bounds(network))} vendor="caril">'
               f"<geoReference><![CDATA[{GEO_REFERENCE}]]></geoReference></header>")
-    roads, junction_id = _xroads(network)
+    roads, junction_id, turn_arounds = _xroads(network)
     junctions = [junction_xml(network.junctions[j], junction_id[j]) for j in sorted(network.junctions)]
+    junctions += turn_arounds
     body = "\n".join([header, *(_road_xml(r) for r in roads), *junctions])
     return f'<?xml version="1.0" encoding="UTF-8"?>\n<OpenDRIVE>\n{body}\n</OpenDRIVE>\n'

@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 
 from sim.geometry import Geometry, PlanView
-from sim.opendrive import DEAD_END_LEAD_M, DEAD_END_TAIL_M, geometry_xml, split_records, to_opendrive
+from sim.opendrive import (
+    DEAD_END_LEAD_M,
+    DEAD_END_TAIL_M,
+    geometry_xml,
+    split_records,
+    to_opendrive,
+    turn_around_plan,
+)
 from sim.routes import get_route
 
 
@@ -52,8 +59,10 @@ def test_junction_ids_never_equal_road_ids():
     doc = parse("two-turn")
     road_ids = {int(r.get("id")) for r in doc.iter("road")}
     junction_ids = {int(j.get("id")) for j in doc.iter("junction")}
-    assert len(junction_ids) == 2 and not road_ids & junction_ids
-    for link in doc.iter("predecessor"):
+    turn_arounds = [j for j in doc.iter("junction") if j.get("name").startswith("turn_around")]
+    assert len(junction_ids) == 2 + len(turn_arounds) and len(turn_arounds) == 6  # route ends and four stubs
+    assert not road_ids & junction_ids
+    for link in [*doc.iter("predecessor"), *doc.iter("successor")]:
         if link.get("elementType") == "junction":
             assert int(link.get("elementId")) in junction_ids
         elif link.get("elementType") == "road":
@@ -164,3 +173,45 @@ def test_next_splits_into_the_three_movements_at_a_junction():
     out = client_map("two-turn")
     movements = sorted(c.connecting_road for c in network.junctions[0].connections if c.incoming_road == 0)
     assert out["first_split"] == [[r, True] for r in movements]
+
+
+_CLOSED_NETWORK_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import carla
+    import networkx
+    from sim.opendrive import to_opendrive
+    from sim.routes import get_route
+
+    route = get_route(sys.argv[1])
+    m = carla.Map("check", to_opendrive(route.network))
+    wps = m.generate_waypoints(2.0)
+    ends = [w for w in wps if not w.next(2.0) or not w.previous(2.0)]
+    start = m.get_waypoint(carla.Location(x=float(route.x[0]) + 5.0, y=float(route.y[0])))
+    back = start.previous_until_lane_start(2.0)  # crashed the 0.9.16 client at a lane with no predecessor
+    goal = m.get_waypoint(carla.Location(x=float(route.x[-1]), y=float(route.y[-1])))
+    ahead = goal.next_until_lane_end(2.0)
+    graph = networkx.DiGraph()
+    for a, b in m.get_topology():
+        graph.add_edge((a.road_id, a.lane_id, round(a.s)), (b.road_id, b.lane_id, round(b.s)))
+    print(json.dumps({"waypoints": len(wps), "dead": len(ends), "back": len(back), "ahead": len(ahead),
+                      "strongly_connected": networkx.is_strongly_connected(graph)}))
+""")
+
+
+@pytest.mark.parametrize("route", ["one-turn", "mixed", "random:3"])
+def test_the_served_network_has_no_dead_ends(route):
+    """Every lane goes on and comes from somewhere (dead ends turn round in a keyhole), as in CARLA's towns:
+    the client's own calls and route planners over get_topology() assume it."""
+    result = subprocess.run([sys.executable, "-c", _CLOSED_NETWORK_SCRIPT, route], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["waypoints"] > 100 and out["dead"] == 0 and out["back"] > 0 and out["ahead"] > 0
+    assert out["strongly_connected"]  # any lane reaches any other
+
+
+def test_a_turn_around_closes_on_its_road():
+    for heading in (0.0, 1.0, -2.5):
+        x, y, h = turn_around_plan(10.0, 5.0, heading).end_pose
+        assert (x, y) == pytest.approx((10.0, 5.0), abs=1e-9)
+        assert math.cos(h - heading) == pytest.approx(-1.0)  # back the way it came
