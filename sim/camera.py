@@ -39,7 +39,7 @@ _NEAR_M = 0.1  # near clipping plane for the ground, metres in front of the came
 _BOX_NEAR_M = 0.1  # near plane for boxes, as for the ground (a wall nearer than 0.5 m must still hide the view);
 # cv2's fills walk every (even off-image) row of a polygon, so a face this near costs ~0.1-0.2 ms to fill
 _TOUCH_M = 2.0  # boxes nearer each other than this get their draw order checked exactly (_fix_touching)
-_MIN_BOX_PX = 0.35  # boxes whose narrowest side would be thinner than this (pixels) are not drawn
+_MIN_BOX_PX = 0.35  # boxes smaller than this (pixels) even seen broadside are not drawn
 _STRIP_QUADS = 16  # at most this many chained strip quads are drawn as one outline polygon
 _RAIN_LAYERS = 8  # precomputed rain streak layers, cycled by the frame index
 _COLOUR_LUT_BYTES = 16e6  # at most this much memory for the per-face, per-distance box colour table
@@ -699,8 +699,10 @@ class CameraRenderer:
         self._face_plane = plane.reshape(m * 5, 4)
         self._box_centre = fp.mean(axis=1)
         self._box_radius = np.linalg.norm(fp - self._box_centre[:, None], axis=-1).max(axis=1, initial=0.0)
-        narrowest = np.minimum(np.linalg.norm(edge, axis=-1).min(axis=1, initial=np.inf), hgt)
-        lod = self.focal_px * narrowest / _MIN_BOX_PX
+        # Seen broadside, a box is at least its longest side by its height: a 10 m wall 0.3 m thick must not
+        # go when its thickness would be under a pixel (a pole, 0.25 m every way, still does).
+        broadside = np.minimum(np.linalg.norm(edge, axis=-1).max(axis=1, initial=0.0), hgt)
+        lod = self.focal_px * broadside / _MIN_BOX_PX
         self._box_reach = np.minimum(self.far_m + self._box_radius, lod)
         # A drawn corner in front of the near plane has |X|, |Y| <= extent, so |S*u| <= S*(f*extent/near + W):
         # skip the int32 guard clip when that cannot overflow.
@@ -994,7 +996,7 @@ class CameraRenderer:
     def _visible_boxes(self, pos: tuple[float, ...], heading: float) -> tuple[np.ndarray, np.ndarray]:
         """Indices of boxes in the view wedge and within their reach, ordered far to near, and their depths.
 
-        A box's reach is the far distance, capped where its narrowest side would be under ~0.35 px wide (LOD).
+        A box's reach is the far distance, capped where it would be under ~0.35 px even broadside (LOD).
         With a view wedge, all tests are linear in the box centre, so they are one product with ``_box_aug``.
         The depth (of the box centre, metres; for fog) is not the drawing order: see :meth:`_far_to_near`.
         """

@@ -377,6 +377,17 @@ def test_a_camera_just_above_the_road_looking_down_sees_the_road():
     assert (img == asphalt).all(axis=-1).mean() > 0.9
 
 
+def test_a_thin_wall_seen_broadside_is_not_dropped_for_its_thickness():
+    # 10 m long, 0.3 m thick, 1.2 m high, 25 m ahead across the view of a 64x64 camera: ~20 x 2 pixels. The
+    # level of detail went by the narrowest side (0.3 m), so it was dropped beyond 19 m.
+    wall = box_footprint(25.0, 0.0, math.pi / 2, 10.0, 0.3)[None]
+    scene = Scene(np.zeros((0, 4, 2)), np.zeros(0, np.uint8), wall, np.array([1.2]),
+                  np.array([Material.WALL], np.uint8), np.ones(1, np.float32))
+    img = _renderer(scene, width=64, height=64).render(-1.5, 0.0, 0.0)
+    drawn = (img != _renderer(empty_scene(), width=64, height=64).render(-1.5, 0.0, 0.0)).any(axis=-1)
+    assert drawn.sum() >= 20
+
+
 def test_adjacent_quads_share_layers():
     xs = np.arange(0.0, 50.0, 5.0)
     strip = quad_strip(np.stack([xs, np.zeros_like(xs)], 1), np.stack([xs, np.full_like(xs, 3.0)], 1))
