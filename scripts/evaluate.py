@@ -180,6 +180,8 @@ def resume_mismatch(args: Args, trust_legacy: bool = True, settings: dict | None
         if not trust_legacy:
             return "its results do not record the checkpoint they were made with"
         stored = {k: config[k] for k in now if k in config}
+        if "sim_revision" in now:
+            stored["sim_revision"] = 0  # made before the simulator's revisions were counted
         now = {k: v for k, v in now.items() if k in stored}
         if args.policy == "caril":
             log.warning("%s predates checkpoint fingerprints: resuming on trust that %s is unchanged", out,

@@ -20,6 +20,7 @@ The output is deterministic bit for bit.
 
 from __future__ import annotations
 
+import heapq
 import math
 
 import cv2
@@ -299,12 +300,42 @@ def _touching_pairs(fp: np.ndarray, normal: np.ndarray, gap_m: float) -> tuple[n
     axes = np.concatenate([normal[qa], -normal[qb]], axis=1)  # (k, 8, 2), each pointing from a towards b
     pa, pb = np.einsum("kad,kvd->kav", axes, a), np.einsum("kad,kvd->kav", axes, b)
     gaps = pb.min(axis=-1) - pa.max(axis=-1)  # (k, 8): the gap between the two along each axis
+    gaps[np.einsum("kad,kad->ka", axes, axes) < 0.25] = -np.inf  # a zero-length edge has no normal: no axis
     best = gaps.argmax(axis=1)
     gap = gaps[np.arange(len(qa)), best]
     keep = (gap > -1e-9) & (gap < gap_m)
     n = axes[np.arange(len(qa)), best][keep]
     mid = pa.max(axis=-1)[np.arange(len(qa)), best][keep] + gap[keep] / 2
     return np.stack([qa[keep], qb[keep]], axis=1), np.column_stack([n, -mid])
+
+
+def _constrained(n: int, first: np.ndarray, then: np.ndarray) -> np.ndarray:
+    """A permutation of ``range(n)`` that puts every ``first[i]`` before ``then[i]`` and is otherwise as near
+    to ``0, 1, ..., n-1`` as it can be (Kahn's algorithm, always taking the smallest index that is free). A
+    cycle, which only boxes around the camera that hide nothing of each other can form, is broken at its
+    smallest index."""
+    succ: list[list[int]] = [[] for _ in range(n)]
+    waiting = [0] * n
+    for a, b in zip(first.tolist(), then.tolist(), strict=True):
+        succ[a].append(b)
+        waiting[b] += 1
+    ready = [i for i in range(n) if waiting[i] == 0]
+    heapq.heapify(ready)
+    done = [False] * n
+    out: list[int] = []
+    while len(out) < n:
+        if not ready:
+            heapq.heappush(ready, next(i for i in range(n) if not done[i]))
+        i = heapq.heappop(ready)
+        if done[i]:
+            continue
+        done[i] = True
+        out.append(i)
+        for j in succ[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0 and not done[j]:
+                heapq.heappush(ready, j)
+    return np.array(out, np.intp)
 
 def _clip_near(homog: np.ndarray, near: float, fill: np.ndarray | None = None) -> np.ndarray:
     """Clip polygons against the plane Z = ``near`` and project them to int32 fixed-point pixels.
@@ -683,8 +714,11 @@ class CameraRenderer:
         normal = np.stack([edge[..., 1], -edge[..., 0]], axis=-1)
         normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
         self._box_normal = normal  # (m, 4, 2)
-        self._box_fp, self._box_edge = fp, edge  # (m, 4, 2): corners and the edges leaving them, for the order
-        self._box_edge_inv = 1.0 / np.maximum(np.einsum("mkd,mkd->mk", edge, edge), 1e-12)
+        self._box_fp = fp  # (m, 4, 2) corners
+        # Per box, rows x, y of the corners, x, y of the edges leaving them, 1/|edge|^2: one take per frame for
+        # the painter's key (_far_to_near).
+        self._box_segments = np.stack([fp[..., 0], fp[..., 1], edge[..., 0], edge[..., 1],
+                                       1.0 / np.maximum(np.einsum("mkd,mkd->mk", edge, edge), 1e-12)], axis=1)
         self._box_pairs, self._box_pair_line = _touching_pairs(fp, normal, _TOUCH_M)
         self._box_paired = np.zeros(m, bool)  # boxes in a touching pair: only those need _fix_touching
         self._box_paired[self._box_pairs.ravel()] = True
@@ -1029,40 +1063,35 @@ class CameraRenderer:
         seen edge-on (random:1: 52 of 300 frames), which :meth:`_fix_touching` corrects: with it, no frame of
         those routes or of random:1, 2, 3, 7 and 11 (3,000 frames) differs from the exact order.
         """
-        a = self._box_fp.take(vis, axis=0)  # (n, 4, 2) corners, and the edges leaving them
-        e = self._box_edge.take(vis, axis=0)
-        rel = (px, py) - a
-        t = np.clip(np.einsum("nkd,nkd->nk", rel, e) * self._box_edge_inv.take(vis, axis=0), 0.0, 1.0)
-        gap = rel - t[..., None] * e
-        order = np.argsort(-np.einsum("nkd,nkd->nk", gap, gap).min(axis=1), kind="stable")
+        ax, ay, ex, ey, inv = self._box_segments.take(vis, axis=0).transpose(1, 0, 2)  # each (n, 4)
+        rx, ry = px - ax, py - ay
+        t = rx * ex
+        t += ry * ey
+        t *= inv
+        np.clip(t, 0.0, 1.0, out=t)  # the nearest point of each edge, as a fraction along it
+        rx -= t * ex
+        ry -= t * ey
+        rx *= rx
+        ry *= ry
+        rx += ry
+        order = np.argsort(-rx.min(axis=1), kind="stable")
         return self._fix_touching(vis, order, px, py) if self._box_paired.take(vis).any() else order
 
     def _fix_touching(self, vis: np.ndarray, order: np.ndarray, px: float, py: float) -> np.ndarray:
         """Correct ``order`` (into ``vis``) for boxes less than :data:`_TOUCH_M` apart, where the nearest-point
         key can fail (two touching buildings seen edge-on): for those, the side of their separating line the
-        camera is on says exactly which is in front; a box drawn before one it is in front of moves to just
-        after it. A few passes settle a chain of such moves."""
+        camera is on says exactly which is in front. When the key breaks any such pair, every visible pair
+        becomes a constraint of a topological sort that otherwise keeps the key's order (:func:`_constrained`).
+        """
         rank = np.full(len(self._box_centre), -1, np.int64)
         rank[vis[order]] = np.arange(len(order))
         ra, rb = rank[self._box_pairs[:, 0]], rank[self._box_pairs[:, 1]]
         a_front = self._box_pair_line @ np.array([px, py, 1.0]) < 0.0
-        wrong = np.flatnonzero((ra >= 0) & (rb >= 0) & ((ra < rb) == a_front))
-        if len(wrong) == 0:
+        live = (ra >= 0) & (rb >= 0)
+        if not ((ra < rb) == a_front)[live].any():
             return order
-        seq = vis[order].tolist()
-        pairs = [(int(i), int(j)) if f else (int(j), int(i))  # (front, back)
-                 for (i, j), f in zip(self._box_pairs[wrong].tolist(), a_front[wrong].tolist(), strict=True)]
-        for _ in range(3):
-            moved = False
-            for front, back in pairs:
-                if seq.index(front) < seq.index(back):
-                    seq.remove(front)
-                    seq.insert(seq.index(back) + 1, front)
-                    moved = True
-            if not moved:
-                break
-        where = {box: k for k, box in enumerate(vis.tolist())}
-        return np.array([where[box] for box in seq], np.intp)
+        back, front = np.where(a_front, rb, ra)[live], np.where(a_front, ra, rb)[live]
+        return order[_constrained(len(order), back, front)]
 
     def _draw_boxes(self, img: np.ndarray, t: np.ndarray, pos: tuple[float, ...], heading: float) -> None:
         """Fill the camera-facing faces of visible boxes far to near, shaded and fogged by the box's depth."""

@@ -27,7 +27,8 @@ stays valid OpenDRIVE with:
   keyhole turn-around, a connecting road in a junction of its own (:func:`turn_around_plan`), so the network
   is closed as CARLA's towns are: ``next()`` never comes back empty, the Traffic Manager keeps its cars, route
   planners find a way back, and the client's ``previous_until_lane_start`` (which crashes at a lane with no
-  predecessor) works. The embedded scene does not draw them (no asphalt there; no building is either).
+  predecessor) works. The embedded scene does not draw them and does not keep buildings off them: of 76 maps
+  checked (the named routes, random:1-70), on two (random:12, random:63) a building stands on one.
 
 Frames: our world frame is CARLA's left-handed one (y right, heading positive towards +y); OpenDRIVE's is
 right-handed and CARLA negates y when it reads a map. So every y, heading and curvature changes sign here,

@@ -302,6 +302,30 @@ def test_touching_buildings_seen_edge_on_from_far_away_keep_their_order():
     assert _occluded_before(r, pos, heading) == []
 
 
+def test_three_touching_buildings_are_ordered_together():
+    # C hides A and B, A hides B; fixing the wrong pairs one move at a time left (B, C, A): C behind A.
+    def rect(x0: float, x1: float, y0: float, y1: float) -> np.ndarray:
+        return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+
+    a, b, c = rect(69.55, 77.9, -70.05, -65.6), rect(64.45, 71.05, -80.7, -70.055), rect(68.9, 69.54, -70.04, -66.0)
+    scene = Scene(np.zeros((0, 4, 2)), np.zeros(0, np.uint8), np.stack([a, b, c]), np.full(3, 10.0),
+                  np.array([Material.BUILDING, Material.WALL, Material.POLE], np.uint8), np.ones(3, np.float32))
+    r = _renderer(scene, width=448, height=448)
+    heading = math.atan2(-140.0, 140.0)
+    _, pos, _ = r._world_to_fixed(-1.5 * math.cos(heading), -1.5 * math.sin(heading), heading)
+    assert r._visible_boxes(pos, heading)[0].tolist() == [1, 0, 2]
+    assert _occluded_before(r, pos, heading) == []
+
+
+def test_a_triangle_given_as_a_quad_makes_no_touching_pair_with_a_box_it_overlaps():
+    # Its zero-length edge gave a zero axis, a gap of exactly 0 and the line (0, 0, 0): a pair in fixed order.
+    square = np.array([[0.0, 0.0], [4.0, 0.0], [4.0, 4.0], [0.0, 4.0]]) + (20.0, -2.0)
+    triangle = np.array([[2.0, 2.0], [6.0, 2.0], [6.0, 2.0], [2.0, 6.0]]) + (20.0, -2.0)
+    scene = Scene(np.zeros((0, 4, 2)), np.zeros(0, np.uint8), np.stack([square, triangle]), np.full(2, 10.0),
+                  np.array([Material.BUILDING, Material.WALL], np.uint8), np.ones(2, np.float32))
+    assert len(_renderer(scene)._box_pairs) == 0
+
+
 def test_tall_wall_beside_the_camera_is_clipped_cleanly():
     # A 30 m high wall 4 m to the right, from 20 m behind to 20 m ahead: its face crosses the near plane.
     box = box_footprint(0.0, 6.0, 0.0, 40.0, 4.0)[None]
