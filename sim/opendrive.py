@@ -50,7 +50,7 @@ LINE_WIDTH_M = 0.15  # painted line width, as in sim.scene_builder
 SPEED_LIMIT_KMH = 30.0  # CARLA's town default
 DEAD_END_TAIL_M = 1.0
 DEAD_END_LEAD_M = 5.0
-TURN_AROUND_RADII_M = (3.5, 3.0)  # a dead end's turn-around: its opening arcs' and its bulb's radius
+TURN_AROUND_RADII_M = (5.0, 3.0)  # opening arcs (over a lane width: the lane on their inside keeps an inner edge), bulb
 GEO_REFERENCE = "+proj=tmerc +lat_0=0 +lon_0=0 +k=1 +x_0=0 +y_0=0 +datum=WGS84 +units=m +no_defs"
 
 LaneLinks = dict[int, tuple[int | None, int | None]]  # lane id -> (predecessor lane, successor lane)

@@ -326,33 +326,6 @@ set_sync(world, False)
 """
 
 
-AUTOPILOT = """
-tm_port = int(sys.argv[2])
-set_sync(world, True)
-tm = client.get_trafficmanager(tm_port)
-tm.set_synchronous_mode(True)
-bp = world.get_blueprint_library().find("vehicle.tesla.model3")
-points = world.get_map().get_spawn_points()
-batch = [carla.command.SpawnActor(bp, p).then(carla.command.SetAutopilot(carla.command.FutureActor, True, tm_port))
-         for p in points]
-spawned = [r.actor_id for r in client.apply_batch_sync(batch, True) if not r.error]
-for _ in range(400):
-    world.tick()
-alive = [a.id for a in world.get_actors().filter("vehicle.*")]
-emit(spawned=len(spawned), points=len(points), alive=len(alive))
-client.apply_batch_sync([carla.command.DestroyActor(i) for i in alive])
-tm.set_synchronous_mode(False)
-set_sync(world, False)
-"""
-
-
-def test_traffic_manager_cars_drive_on_through_the_dead_ends(server):
-    # The served map is closed by turn-arounds: before them the TM removed cars at the route's ends and the
-    # stubs of unused junction arms (9 of 12 on mixed in 20 s).
-    out = merged(run_client(AUTOPILOT, server, str(_free_port()), timeout_s=120.0))
-    assert out["spawned"] == out["points"] >= 4 and out["alive"] == out["spawned"]
-
-
 def test_bad_numbers_are_refused_and_other_answers_read_as_in_carla(server):
     out = merged(run_client(BAD_NUMBERS, server))
     # a NaN control or weather would have poisoned every later tick; a NaN spawn blocked all later spawns
