@@ -284,7 +284,6 @@ def overlap_layers(quads: np.ndarray, material: np.ndarray, tol: float = 1e-3) -
     return layers
 
 
-
 def _touching_pairs(fp: np.ndarray, normal: np.ndarray, gap_m: float) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (k, 2) of disjoint convex footprints ``fp`` (m, 4, 2; ``normal``: their outward edge normals)
     less than ``gap_m`` apart, and for each a separating line (k, 3): ``line . (x, y, 1) < 0`` on the first
@@ -336,6 +335,7 @@ def _constrained(n: int, first: np.ndarray, then: np.ndarray) -> np.ndarray:
             if waiting[j] == 0 and not done[j]:
                 heapq.heappush(ready, j)
     return np.array(out, np.intp)
+
 
 def _clip_near(homog: np.ndarray, near: float, fill: np.ndarray | None = None) -> np.ndarray:
     """Clip polygons against the plane Z = ``near`` and project them to int32 fixed-point pixels.

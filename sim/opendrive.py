@@ -151,7 +151,8 @@ def _xroads(network: RoadNetwork) -> tuple[list[_XRoad], dict[int, int], list[st
     dead_ends = [(tail_ids.get(r.id, r.id), "end") for r in ordinary if r.successor is None and _two_way(r.lanes)]
     dead_ends += [(lead_ids[r.id], "start") for r in ordinary if r.predecessor is None and _two_way(r.lanes)]
     first_uturn = next_id + len(tail_ids) + len(lead_ids)
-    junction_id = junction_ids(network, first_uturn + len(dead_ends))
+    junction_id = junction_ids(network, first_uturn + len(dead_ends))  # junction ids follow every road id
+    first_uturn_junction = first_uturn + len(dead_ends) + len(junction_id)
     out = []
     for rid in sorted(network.roads):
         road = network.roads[rid]
@@ -173,10 +174,9 @@ def _xroads(network: RoadNetwork) -> tuple[list[_XRoad], dict[int, int], list[st
                               predecessor=f'<predecessor elementType="road" elementId="{rid}" contactPoint="end"/>',
                               lane_links={lane: (lane, None) for lane in road.lanes}))
     by_id = {x.id: x for x in out}
-    first_junction = max(junction_id.values(), default=first_uturn + len(dead_ends) - 1) + 1
     junctions = []
     for k, (rid, contact) in enumerate(dead_ends):
-        uturn, junction = _turn_around(by_id[rid], contact, first_uturn + k, first_junction + k)
+        uturn, junction = _turn_around(by_id[rid], contact, first_uturn + k, first_uturn_junction + k)
         out.append(uturn)
         junctions.append(junction)
     return out, junction_id, junctions
