@@ -32,27 +32,43 @@ def footprint(x_m: float, y_m: float, yaw_rad: float, params: VehicleParams) -> 
     """(4, 2) corners of the vehicle body in the world frame."""
     c, s = math.cos(yaw_rad), math.sin(yaw_rad)
     hl, hw = params.length_m / 2, params.width_m / 2
-    local = np.array([[hl, -hw], [hl, hw], [-hl, hw], [-hl, -hw]])
-    return np.stack([x_m + local[:, 0] * c - local[:, 1] * s, y_m + local[:, 0] * s + local[:, 1] * c], 1)
+    return np.array([[x_m + fx * c - fy * s, y_m + fx * s + fy * c]
+                     for fx, fy in ((hl, -hw), (hl, hw), (-hl, hw), (-hl, -hw))])
 
 
 class CollisionSensor:
-    """Detects overlap between the vehicle footprint and the scene's boxes (separating axis test)."""
+    """Detects overlap between the vehicle footprint and the scene's boxes (separating axis test).
+
+    A grid of :data:`GRID_CELL_M` cells lists the boxes whose bounding rectangle reaches each cell, so a
+    query looks only at the boxes in the cells under the body (plain Python: a handful of numpy calls per
+    tick cost more than the whole lookup).
+    """
 
     def __init__(self, scene: Scene) -> None:
         self.boxes = scene.box_footprints
-        self.centres = self.boxes.mean(axis=1) if len(self.boxes) else np.zeros((0, 2))
-        self.radii = (np.linalg.norm(self.boxes - self.centres[:, None, :], axis=2).max(axis=1)
-                      if len(self.boxes) else np.zeros(0))
+        self._cells: dict[tuple[int, int], list[int]] = {}
+        for i, box in enumerate(self.boxes.tolist()):
+            for cell in _cells_under(box):
+                self._cells.setdefault(cell, []).append(i)
 
     def hits(self, body: np.ndarray) -> list[int]:
-        """Indices of boxes the body (4, 2) overlaps."""
-        if not len(self.boxes):
-            return []
-        centre = body.mean(axis=0)
-        reach = np.linalg.norm(body - centre, axis=1).max()
-        near = np.flatnonzero(np.hypot(*(self.centres - centre).T) < self.radii + reach)
-        return [int(i) for i in near if convex_overlap(body, self.boxes[i])]
+        """Indices (ascending) of boxes the body (4, 2) overlaps."""
+        near = sorted({i for cell in _cells_under(body.tolist()) for i in self._cells.get(cell, ())})
+        return [i for i in near if convex_overlap(body, self.boxes[i])]
+
+
+GRID_CELL_M = 8.0
+
+
+def _cells_under(corners: list[list[float]]) -> list[tuple[int, int]]:
+    """The grid cells that the bounding rectangle of ``corners`` [[x, y], ...] (metres) reaches."""
+    xs, ys = [p[0] for p in corners], [p[1] for p in corners]
+    try:
+        x0, x1 = math.floor(min(xs) / GRID_CELL_M), math.floor(max(xs) / GRID_CELL_M)
+        y0, y1 = math.floor(min(ys) / GRID_CELL_M), math.floor(max(ys) / GRID_CELL_M)
+    except (ValueError, OverflowError):  # a nan or infinite corner overlaps nothing
+        return []
+    return [(i, j) for i in range(x0, x1 + 1) for j in range(y0, y1 + 1)]
 
 
 def touched_markings(lateral_m: float, heading_error_rad: float, params: VehicleParams) -> frozenset[int]:

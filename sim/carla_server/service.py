@@ -31,6 +31,7 @@ from sim.carla_server.encoding import (
     response_ok,
 )
 from sim.carla_server.maps import available_maps
+from sim.carla_server.rpc import Then
 from sim.carla_server.world import EPISODE_STREAM, World
 from sim.errors import CarilError
 
@@ -131,18 +132,16 @@ class CarlaService:
     def rpc_set_episode_settings(self, settings: Any) -> list:
         return response_ok(self.world.apply_settings(EpisodeSettings.from_msg(settings, self.protocol)))
 
-    def rpc_tick_cue(self) -> list:
-        """One synchronous step, answered once its episode state and images are on the wire.
-
-        Answering first and streaming the data after, as a CARLA server does, is slower here (measured with
-        ``caril bench serve``): the client's ``world.tick()`` busy-waits for the state after the answer, and
-        on a small machine that spin takes the CPU the renderer and the client's stream thread need.
-        """
+    def rpc_tick_cue(self) -> list | Then:
+        """One synchronous step: answered once its collision events and episode state are on the wire (the
+        client's ``world.tick()`` returns when it has both), and its images rendered and streamed after the
+        answer, as a CARLA server does; the client reads them from its sensor queues meanwhile."""
         world = self.world
         if not world.settings.synchronous_mode:  # the free-running ticker will produce the next frame
             return response_ok(world.frame + 1)
         self.wait_for_streams(PENDING_STREAM_WAIT_S)
-        return response_ok(world.tick())
+        frame, shots = world.advance()
+        return Then(response_ok(frame), lambda: world.capture(shots))
 
     # -- map ----------------------------------------------------------------------------------------------
     def rpc_get_map_info(self) -> list:

@@ -419,8 +419,16 @@ class World:
 
     # -- time ---------------------------------------------------------------------------------------------
     def tick(self) -> int:
-        """Advance one step and publish it: collision events and the episode state, then the camera images
-        (the state first: it is small, and the client's stream thread reads it while the images render)."""
+        """Advance one step and publish all of it (:meth:`advance`, then :meth:`capture`); returns the frame."""
+        with self.lock:
+            frame, shots = self.advance()
+            self.capture(shots)
+            return frame
+
+    def advance(self) -> tuple[int, list[Shot]]:
+        """Advance one step and publish its collision events and episode state; returns the new frame and the
+        camera shots due, for :meth:`capture`. A synchronous tick is answered between the two, so the client
+        goes on while the images render, as with CARLA, where sensor data comes after the tick's answer."""
         with self.lock:
             dt = self.delta_s
             self.frame += 1
@@ -429,8 +437,13 @@ class World:
             shots = self._shots()
             self._publish_collisions(contacts)
             self._publish_state(dt)
-            self._capture(shots)
-            return self.frame
+            return self.frame, shots
+
+    def capture(self, shots: list[Shot]) -> None:
+        """Render the shots and stream them as BGRA images; shots of cameras destroyed (or of a world
+        reloaded) since :meth:`advance` are dropped."""
+        with self.lock:
+            self._capture([s for s in shots if self.actors.get(s.camera.id) is s.camera])
 
     def _step_vehicles(self, dt: float) -> list[tuple[Vehicle, Actor | None, float]]:
         """Move every vehicle; returns contacts as (vehicle, other vehicle or None for a building, impulse)."""

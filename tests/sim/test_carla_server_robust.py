@@ -248,8 +248,108 @@ def test_a_malformed_request_is_answered_with_an_error():
     rpc = RpcServer.__new__(RpcServer)
     rpc.handler = lambda request: [[1, "never"]]
     for message in ([0, 7, "version", 5], [0, "x", "version", []], [0, 7]):
-        kind, msgid, error, result = msgpack.unpackb(rpc._answer(message), raw=False)
-        assert kind == 1 and msgid == (7 if message[1:2] == [7] else 0) and "not a msgpack-rpc request" in error
+        answer, after = rpc._answer(message)
+        kind, msgid, error, result = msgpack.unpackb(answer, raw=False)
+        assert after is None and kind == 1 and msgid == (7 if message[1:2] == [7] else 0)
+        assert "not a msgpack-rpc request" in error
     rpc.handler = lambda request: object()  # a result msgpack cannot encode: still an answer
-    kind, msgid, error, result = msgpack.unpackb(rpc._answer([0, 9, "version", [[False]]]), raw=False)
+    kind, msgid, error, result = msgpack.unpackb(rpc._answer([0, 9, "version", [[False]]])[0], raw=False)
     assert (kind, msgid, error) == (1, 9, None) and "version failed" in result[0][1][0]
+
+
+def call(sock: socket.socket, unpacker: msgpack.Unpacker, msgid: int, name: str, *args) -> list:
+    """One msgpack-rpc call on a raw connection; returns the response message."""
+    sock.sendall(msgpack.packb([0, msgid, name, list(args)]))
+    while True:
+        for message in unpacker:
+            return message
+        data = sock.recv(1 << 16)
+        assert data, "the server closed the connection"
+        unpacker.feed(data)
+
+
+def test_a_synchronous_tick_is_answered_before_its_images_render(server, monkeypatch):
+    """As with CARLA, world.tick() returns while the images are still on their way; they still come."""
+    world = server.world
+    car = world.spawn(ActorDescription(1, "vehicle.tesla.model3"), Transform(*world.map.spawn_points[0]))
+    cam = world.spawn(ActorDescription(2, "sensor.camera.rgb", CAMERA), Transform(1.5, 0, 2.4, 0, 0, 0), car.id)
+    reader = subscribe(server.streams, cam.stream_id)
+    world.apply_settings(EpisodeSettings(synchronous_mode=True, fixed_delta_seconds=0.05))
+    answered, rendered = threading.Event(), []
+    render = type(world).render
+
+    def held_render(self, shot):
+        assert answered.wait(5.0), "the render ran before the tick was answered"
+        rendered.append(shot.frame)
+        return render(self, shot)
+
+    monkeypatch.setattr(type(world), "render", held_render)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10.0) as rpc:
+        kind, msgid, error, result = call(rpc, msgpack.Unpacker(), 5, "tick_cue")
+        answered.set()
+        frame = result[0][1]
+        header = read_message(reader)
+    assert (kind, msgid, error) == (1, 5, None) and rendered == [frame] == [world.frame]
+    assert struct.unpack_from("<Q", header, 8)[0] == frame  # the image is stamped with the answered frame
+    reader.close()
+
+
+def test_a_follow_up_runs_after_its_answer_is_sent_and_its_failure_is_logged(caplog):
+    from sim.carla_server.rpc import Then
+
+    received, ran = threading.Event(), []
+
+    def after(n):
+        assert received.wait(5.0), "the follow-up ran before the answer was sent"
+        ran.append(n)
+        if n == 1:
+            raise RuntimeError("render failed")
+
+    rpc = RpcServer("127.0.0.1", 0, lambda request: Then([[1, request.msgid]], lambda: after(request.msgid)))
+    rpc.start()
+    try:
+        with socket.create_connection(("127.0.0.1", rpc.port), timeout=10.0) as sock:
+            unpacker = msgpack.Unpacker()
+            for n in (1, 2):
+                received.clear()
+                assert call(sock, unpacker, n, "tick_cue") == [1, n, None, [[1, n]]]
+                received.set()
+            deadline = time.monotonic() + 5.0
+            while len(ran) < 2 and time.monotonic() < deadline:
+                time.sleep(0.005)
+    finally:
+        rpc.close()
+    assert ran == [1, 2]  # the connection went on after the first follow-up failed
+    assert "the follow-up of a call failed" in caplog.text and "render failed" in caplog.text
+
+
+def test_polling_for_the_next_request_returns_what_comes_within_the_window():
+    from sim.carla_server.rpc import _poll_recv
+
+    a, b = socket.socketpair()
+    with a, b:
+        threading.Timer(0.002, lambda: b.sendall(b"next")).start()
+        assert _poll_recv(a, 2.0) == b"next"
+        t0 = time.perf_counter()
+        assert _poll_recv(a, 0.01) is None and time.perf_counter() - t0 >= 0.01  # nothing: the caller blocks
+        assert _poll_recv(a, 0.0) is None
+        b.shutdown(socket.SHUT_WR)
+        assert _poll_recv(a, 1.0) == b""  # the peer closed
+
+
+def test_a_camera_destroyed_between_advance_and_capture_is_not_rendered(server, monkeypatch):
+    world = server.world
+    car = world.spawn(ActorDescription(1, "vehicle.tesla.model3"), Transform(*world.map.spawn_points[0]))
+    cams = [world.spawn(ActorDescription(2, "sensor.camera.rgb", CAMERA), Transform(1.5, 0, 2.4, 0, 0, 0), car.id)
+            for _ in range(2)]
+    readers = [subscribe(server.streams, c.stream_id) for c in cams]
+    rendered = []
+    monkeypatch.setattr(type(world), "render", lambda self, shot: rendered.append(shot.camera.id) or
+                        np.zeros((48, 64, 3), np.uint8))
+    frame, shots = world.advance()
+    assert sorted(s.camera.id for s in shots) == sorted(c.id for c in cams) and frame == world.frame
+    world.destroy(cams[0].id)
+    world.capture(shots)
+    assert rendered == [cams[1].id]
+    for r in readers:
+        r.close()

@@ -73,3 +73,48 @@ def test_monitor_reports_each_termination(sim):
     assert EpisodeMonitor(sim.route.length_m).update(sim.place(50.0, lateral_offset_m=5.5)) == "off_route"
     assert EpisodeMonitor(sim.route.length_m).update(sim.place(50.0, yaw_offset_deg=120)) == "off_route"
     assert lim.time_limit_s(100.0) == pytest.approx(100.0 / 2.0 + 30.0)
+
+
+def test_footprint_corners_are_exact():
+    from sim.dynamics import VehicleParams
+    from sim.sensors import footprint
+
+    p = VehicleParams()
+    hl, hw, c, s = p.length_m / 2, p.width_m / 2, math.cos(0.3), math.sin(0.3)
+    expected = [[10.0 + fx * c - fy * s, -4.0 + fx * s + fy * c]
+                for fx, fy in ((hl, -hw), (hl, hw), (-hl, hw), (-hl, -hw))]
+    body = footprint(10.0, -4.0, 0.3, p)
+    assert body.shape == (4, 2) and body.dtype == np.float64 and body.tolist() == expected
+
+
+@pytest.mark.parametrize("route", ["straight", "mixed", "random:5"])
+def test_collision_grid_finds_exactly_the_boxes_a_full_search_finds(route):
+    """The grid's candidates lose nothing: every body's hits equal a separating-axis test against every box."""
+    from sim.dynamics import VehicleParams
+    from sim.embedded import scene_for
+    from sim.scene import convex_overlap
+    from sim.sensors import CollisionSensor, footprint
+
+    scene = scene_for(route)
+    sensor, boxes = CollisionSensor(scene), scene.box_footprints
+    box_lo, box_hi = boxes.min(axis=1), boxes.max(axis=1)
+    rng = np.random.default_rng(0)
+    near = boxes.mean(axis=1)[rng.integers(0, len(boxes), 1500)] + rng.uniform(-12, 12, (1500, 2))
+    found = 0
+    for (x, y), yaw in zip(near, rng.uniform(-math.pi, math.pi, 1500), strict=True):
+        body = footprint(float(x), float(y), float(yaw), VehicleParams())
+        # every box whose bounding rectangle meets the body's (a necessary condition), then the exact test
+        meets = np.flatnonzero((box_lo <= body.max(axis=0)).all(axis=1) & (box_hi >= body.min(axis=0)).all(axis=1))
+        expected = [int(i) for i in meets if convex_overlap(body, boxes[i])]
+        assert sensor.hits(body) == expected
+        found += bool(expected)
+    assert found > 300  # the sample does reach the buildings
+
+
+def test_a_body_with_nan_or_infinite_corners_hits_nothing():
+    from sim.embedded import scene_for
+    from sim.sensors import CollisionSensor
+
+    sensor = CollisionSensor(scene_for("straight"))
+    for bad in (math.nan, math.inf, -math.inf):
+        assert sensor.hits(np.full((4, 2), bad)) == []
