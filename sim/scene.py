@@ -84,7 +84,10 @@ def penetration_depth(a: np.ndarray, b: np.ndarray) -> float:
     for poly in (a, b):
         edges = np.roll(poly, -1, axis=0) - poly
         normals = np.stack([-edges[:, 1], edges[:, 0]], axis=1)
-        normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+        length = np.linalg.norm(normals, axis=1)
+        normals = normals[length > 1e-12] / length[length > 1e-12, None]  # a zero-length edge has no normal
+        if not len(normals):
+            continue
         pa, pb = a @ normals.T, b @ normals.T
         overlap = np.minimum(pa.max(axis=0), pb.max(axis=0)) - np.maximum(pa.min(axis=0), pb.min(axis=0))
         depth = min(depth, float(overlap.min()))

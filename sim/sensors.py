@@ -30,7 +30,7 @@ MARKINGS: tuple[tuple[str, float, float], ...] = (
 
 def footprint(x_m: float, y_m: float, yaw_rad: float, params: VehicleParams) -> np.ndarray:
     """(4, 2) corners of the vehicle body in the world frame."""
-    c, s = math.cos(yaw_rad), math.sin(yaw_rad)
+    x_m, y_m, c, s = float(x_m), float(y_m), math.cos(yaw_rad), math.sin(yaw_rad)
     hl, hw = params.length_m / 2, params.width_m / 2
     return np.array([[x_m + fx * c - fy * s, y_m + fx * s + fy * c]
                      for fx, fy in ((hl, -hw), (hl, hw), (-hl, hw), (-hl, -hw))])
@@ -63,11 +63,10 @@ GRID_CELL_M = 8.0
 def _cells_under(corners: list[list[float]]) -> list[tuple[int, int]]:
     """The grid cells that the bounding rectangle of ``corners`` [[x, y], ...] (metres) reaches."""
     xs, ys = [p[0] for p in corners], [p[1] for p in corners]
-    try:
-        x0, x1 = math.floor(min(xs) / GRID_CELL_M), math.floor(max(xs) / GRID_CELL_M)
-        y0, y1 = math.floor(min(ys) / GRID_CELL_M), math.floor(max(ys) / GRID_CELL_M)
-    except (ValueError, OverflowError):  # a nan or infinite corner overlaps nothing
+    if not all(map(math.isfinite, xs + ys)):  # a nan or infinite corner overlaps nothing
         return []
+    x0, x1 = math.floor(min(xs) / GRID_CELL_M), math.floor(max(xs) / GRID_CELL_M)
+    y0, y1 = math.floor(min(ys) / GRID_CELL_M), math.floor(max(ys) / GRID_CELL_M)
     return [(i, j) for i in range(x0, x1 + 1) for j in range(y0, y1 + 1)]
 
 

@@ -220,11 +220,12 @@ class CarlaService:
         return response_ok([0])  # rpc::VehicleLightState{NONE}, an array of its flags: the car has no lights
 
     # -- batches ------------------------------------------------------------------------------------------
-    def rpc_apply_batch(self, commands: list, do_tick_cue: bool = False) -> list:
+    def rpc_apply_batch(self, commands: list, do_tick_cue: bool = False) -> list | Then:
         """``[CommandResponse...]`` with no ``Response`` wrapper (the client reads the raw array)."""
         results = [self._command(c) for c in commands]
         if do_tick_cue and self.world.settings.synchronous_mode:
-            self.world.tick()
+            _, shots = self.world.advance()  # the images follow the answer, as for tick_cue
+            return Then(results, lambda: self.world.capture(shots))
         return results
 
     def _command(self, msg: Any, future_id: int = 0) -> list:

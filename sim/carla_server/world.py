@@ -9,7 +9,9 @@ simulator), and cameras render with :class:`sim.camera.CameraRenderer`. CARLA's 
   only sends a control when it changes), and ``hand_brake`` brakes fully; there is no reverse gear;
 * one :meth:`World.tick` advances every vehicle by the fixed step (``fixed_delta_seconds``, else 0.05 s; steps
   over 0.1 s are split), sends collision events and the episode state listing every actor, then renders
-  the cameras that someone listens to (every ``sensor_tick`` seconds) and streams their BGRA images;
+  the cameras that someone listens to (every ``sensor_tick`` seconds) and streams their BGRA images; a
+  client's synchronous tick is answered between the two halves (:meth:`World.advance`, then
+  :meth:`World.capture`), so its images come after its ``world.tick()`` returns, as from CARLA;
 * actors attached to a parent move with it (their transform is the mount relative to the parent).
 
 Every public method takes :attr:`World.lock`; the RPC threads and the asynchronous ticker share one world.
@@ -219,6 +221,7 @@ class World:
         self._ids = itertools.count(1)
         self._streams = itertools.count(EPISODE_STREAM + 1)
         self.last_state: bytes = b""
+        self._owed: list[Shot] = []  # the shots of the last advance() while not yet captured
         self.spectator = Actor(next(self._ids), ActorDescription(0, bp.SPECTATOR_ID))
         self.actors[self.spectator.id] = self.spectator
         self.map: ServedMap = load_map(map_name)
@@ -428,8 +431,11 @@ class World:
     def advance(self) -> tuple[int, list[Shot]]:
         """Advance one step and publish its collision events and episode state; returns the new frame and the
         camera shots due, for :meth:`capture`. A synchronous tick is answered between the two, so the client
-        goes on while the images render, as with CARLA, where sensor data comes after the tick's answer."""
+        goes on while the images render, as with CARLA, where sensor data comes after the tick's answer.
+        Images still owed by an earlier step (another thread advanced in between) go out first, so every
+        stream stays in frame order."""
         with self.lock:
+            self._capture_owed()
             dt = self.delta_s
             self.frame += 1
             self.elapsed_s += dt
@@ -437,13 +443,19 @@ class World:
             shots = self._shots()
             self._publish_collisions(contacts)
             self._publish_state(dt)
+            self._owed = shots
             return self.frame, shots
 
     def capture(self, shots: list[Shot]) -> None:
-        """Render the shots and stream them as BGRA images; shots of cameras destroyed (or of a world
-        reloaded) since :meth:`advance` are dropped."""
+        """Render the shots :meth:`advance` returned and stream them as BGRA images, unless they went out
+        already (a later step sent them first); shots of cameras destroyed since are dropped."""
         with self.lock:
-            self._capture([s for s in shots if self.actors.get(s.camera.id) is s.camera])
+            if shots is self._owed:
+                self._capture_owed()
+
+    def _capture_owed(self) -> None:
+        shots, self._owed = self._owed, []
+        self._capture([s for s in shots if self.actors.get(s.camera.id) is s.camera])
 
     def _step_vehicles(self, dt: float) -> list[tuple[Vehicle, Actor | None, float]]:
         """Move every vehicle; returns contacts as (vehicle, other vehicle or None for a building, impulse)."""

@@ -326,15 +326,24 @@ def test_a_follow_up_runs_after_its_answer_is_sent_and_its_failure_is_logged(cap
 def test_polling_for_the_next_request_returns_what_comes_within_the_window():
     from sim.carla_server.rpc import _poll_recv
 
+    def poll(sock: socket.socket, spin_s: float) -> bytes | None:
+        """_poll_recv in a thread, so a version that blocks fails here instead of hanging the run."""
+        out = []
+        worker = threading.Thread(target=lambda: out.append(_poll_recv(sock, spin_s)), daemon=True)
+        worker.start()
+        worker.join(spin_s + 5.0)
+        assert out, "_poll_recv blocked"
+        return out[0]
+
     a, b = socket.socketpair()
     with a, b:
         threading.Timer(0.002, lambda: b.sendall(b"next")).start()
-        assert _poll_recv(a, 2.0) == b"next"
+        assert poll(a, 2.0) == b"next"
         t0 = time.perf_counter()
-        assert _poll_recv(a, 0.01) is None and time.perf_counter() - t0 >= 0.01  # nothing: the caller blocks
-        assert _poll_recv(a, 0.0) is None
+        assert poll(a, 0.01) is None and time.perf_counter() - t0 >= 0.01  # nothing: the caller blocks
+        assert poll(a, 0.0) is None
         b.shutdown(socket.SHUT_WR)
-        assert _poll_recv(a, 1.0) == b""  # the peer closed
+        assert poll(a, 1.0) == b""  # the peer closed
 
 
 def test_a_camera_destroyed_between_advance_and_capture_is_not_rendered(server, monkeypatch):
@@ -353,3 +362,28 @@ def test_a_camera_destroyed_between_advance_and_capture_is_not_rendered(server, 
     assert rendered == [cams[1].id]
     for r in readers:
         r.close()
+
+
+def test_two_clients_ticking_at_once_get_every_image_once_and_in_frame_order(server):
+    """The images of a step render after its answer; another client's step in between must not overtake them."""
+    world = server.world
+    car = world.spawn(ActorDescription(1, "vehicle.tesla.model3"), Transform(*world.map.spawn_points[0]))
+    cam = world.spawn(ActorDescription(2, "sensor.camera.rgb", CAMERA), Transform(1.5, 0, 2.4, 0, 0, 0), car.id)
+    reader = subscribe(server.streams, cam.stream_id)
+    world.apply_settings(EpisodeSettings(synchronous_mode=True, fixed_delta_seconds=0.05))
+    first = world.frame
+
+    def ticks(n: int) -> None:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10.0) as sock:
+            unpacker = msgpack.Unpacker()
+            for i in range(n):
+                assert call(sock, unpacker, i, "tick_cue")[2] is None
+
+    clients = [threading.Thread(target=ticks, args=(100,)) for _ in range(2)]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join(30.0)
+    frames = [struct.unpack_from("<Q", read_message(reader), 8)[0] for _ in range(200)]
+    assert frames == list(range(first + 1, first + 201)) and world.frame == first + 200
+    reader.close()

@@ -85,6 +85,7 @@ def test_footprint_corners_are_exact():
                 for fx, fy in ((hl, -hw), (hl, hw), (-hl, hw), (-hl, -hw))]
     body = footprint(10.0, -4.0, 0.3, p)
     assert body.shape == (4, 2) and body.dtype == np.float64 and body.tolist() == expected
+    assert footprint(np.float32(10.0), np.float32(-4.0), 0.3, p).dtype == np.float64
 
 
 @pytest.mark.parametrize("route", ["straight", "mixed", "random:5"])
@@ -116,5 +117,27 @@ def test_a_body_with_nan_or_infinite_corners_hits_nothing():
     from sim.sensors import CollisionSensor
 
     sensor = CollisionSensor(scene_for("straight"))
+    assert sensor.hits(sensor.boxes[0].copy()) == [0]
     for bad in (math.nan, math.inf, -math.inf):
         assert sensor.hits(np.full((4, 2), bad)) == []
+        body = sensor.boxes[0].copy()
+        body[2, 0] = bad  # one bad corner among good ones on a building
+        assert sensor.hits(body) == []
+
+
+def test_separating_axis_tests_on_squares_and_a_triangle_given_as_a_quad():
+    """Exact values, and a repeated corner (a zero-length edge, no normal) changes nothing and warns nothing."""
+    import warnings
+
+    from sim.scene import convex_overlap, penetration_depth
+
+    square = np.array([[0.0, 0.0], [2.0, 0.0], [2.0, 2.0], [0.0, 2.0]])
+    assert convex_overlap(square, square + [1.5, 0.5]) and penetration_depth(square, square + [1.5, 0.5]) == 0.5
+    assert convex_overlap(square, square + [2.0, 0.0]) and penetration_depth(square, square + [2.0, 0.0]) == 0.0
+    assert not convex_overlap(square, square + [2.5, 0.0]) and penetration_depth(square, square + [2.5, 0.0]) == 0.0
+    triangle = np.array([[1.5, 1.0], [1.5, 1.0], [4.0, 1.0], [1.5, 3.0]])  # 0.5 m into the square along x
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert convex_overlap(square, triangle)
+        assert penetration_depth(square, triangle) == pytest.approx(0.5, abs=1e-12)
+        assert penetration_depth(triangle, square) == pytest.approx(0.5, abs=1e-12)
