@@ -3,7 +3,7 @@
 Each ``rpc_<name>`` method takes the call's decoded arguments and returns the msgpack-ready result in its
 ``Response`` form. Calls not bound here are answered with a ``RuntimeError`` naming the call (for blocking
 calls) or logged once (fire-and-forget calls, whose answer the client discards). Errors a caller can cause
-(a bad actor id, an unknown map, a camera below the ground) come back as ``RuntimeError(message)`` too.
+(a bad actor id, an unknown map, a camera size out of range) come back as ``RuntimeError(message)`` too.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ EMPTY_LIST_CALLS = frozenset({  # queries whose honest answer in the embedded wo
 
 
 PYTHON_NAMES = {  # wire names of unsupported calls whose Python API name differs, for the error message
-    "project_point": "World.ground_projection",
+    "project_point": "World.project_point or World.ground_projection",
     "cast_ray": "World.cast_ray",
     "get_level_bbs": "World.get_level_bbs",
     "unload_map_layer": "World.unload_map_layer",

@@ -6,8 +6,9 @@ unsubscribes (``sensor.stop()``). :meth:`StreamServer.publish` writes one messag
 stream from the caller's thread with one non-blocking ``sendmsg`` (no hand-off: a tick's data is normally on
 the wire when ``tick`` returns). A subscriber that reads slowly never holds up the world or other clients,
 as in CARLA: what its socket cannot take now waits in its backlog, which a writer thread of its own drains;
-past :data:`MAX_BACKLOG_BYTES` new messages for it are dropped (with a warning), and one that reads nothing
-for :data:`SEND_TIMEOUT_S` is disconnected.
+past :data:`MAX_BACKLOG_BYTES` new messages for it are dropped (with a warning) once it holds at least
+:data:`MIN_BACKLOG_MESSAGES` (so frames larger than the bound, 4096x4096 BGRA is 64 MiB, still queue), and
+one that reads nothing for :data:`SEND_TIMEOUT_S` is disconnected.
 
 Subscribing races with ticking (data sent before the connection lands is lost, as in CARLA). Tokens handed
 out by ``get_sensor_token`` are remembered as pending until their connection arrives, and
@@ -43,6 +44,7 @@ HELLO_TIMEOUT_S = 5.0
 HANGUP_POLL_S = 1.0  # how often a subscriber's hang-up watch looks at whether the server is closing
 SEND_BUFFER_BYTES = 8 << 20
 MAX_BACKLOG_BYTES = 64 << 20  # per subscriber: about 80 frames of 448x448 BGRA waiting for a slow reader
+MIN_BACKLOG_MESSAGES = 3  # messages a subscriber may hold whatever their size
 
 
 class _Subscriber:
@@ -80,7 +82,7 @@ class _Subscriber:
             return "queued"
 
     def _queue(self, views: list[memoryview], size: int, always: bool = False) -> str:
-        if not always and self.backlog_bytes + size > MAX_BACKLOG_BYTES:
+        if not always and self.backlog_bytes + size > MAX_BACKLOG_BYTES and len(self.backlog) >= MIN_BACKLOG_MESSAGES:
             self.dropped += 1
             if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
                 log.warning("stream %d: its reader is %.0f MB behind; %d messages dropped so far", self.stream_id,

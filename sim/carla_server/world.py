@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 
 EPISODE_STREAM = 1
 MAX_STEP_S = 0.1  # the dynamics' largest step; longer ticks are split
+REBUILDS_TO_WARN = 4  # a camera's renderer built this many times (a free camera changing height, pitch, roll) is
+# worth a warning: each build costs tens of milliseconds (seconds at 4096x4096)
+MIN_CAMERA_Z_M = 0.06  # the lowest a camera renders from (the embedded camera needs to be above the ground)
 MAX_FIXED_DELTA_S = 10.0  # the longest fixed step accepted (100 dynamics steps per tick)
 SPEED_LIMIT_KMH = 30.0
 SEMANTIC_CAR, SEMANTIC_BUILDING = 14, 3
@@ -144,6 +147,8 @@ class Camera(Actor):
     next_capture_s: float = 0.0
     renderer: CameraRenderer | None = None
     renderer_key: tuple | None = None
+    warned_low: bool = False  # said once that it renders from above the ground
+    builds: int = 0  # renderers built for it (a new one per map, size, height, pitch or roll)
 
 
 class Shot(NamedTuple):
@@ -162,6 +167,18 @@ class Shot(NamedTuple):
 @dataclass
 class CollisionDetector(Actor):
     """A collision sensor: it reports its parent's contacts."""
+
+
+def _render_height(cam: Camera, z_m: float) -> float:
+    """``z_m``, or :data:`MIN_CAMERA_Z_M` for a camera at or below the ground, which the embedded renderer
+    cannot show (CARLA would render from there); the server log says so once per camera."""
+    if z_m >= MIN_CAMERA_Z_M:
+        return z_m
+    if not cam.warned_low:
+        cam.warned_low = True
+        log.warning("camera %d is at z=%.2f m, at or below the ground: it renders from z=%.2f m", cam.id, z_m,
+                    MIN_CAMERA_Z_M)
+    return MIN_CAMERA_Z_M
 
 
 def to_control(c: VehicleControl) -> Control:
@@ -282,9 +299,10 @@ class World:
 
     def get(self, actor_id: int, kind: type = Actor) -> Actor:
         actor = self.actors.get(actor_id)
+        if actor is None:
+            raise UsageError(f"actor {actor_id} is not an actor of this world (destroyed, or from another map)")
         if not isinstance(actor, kind):
-            what = "a vehicle" if kind is Vehicle else "an actor"
-            raise UsageError(f"actor {actor_id} is not {what} of this world (destroyed, or from another map)")
+            raise UsageError(f"actor {actor_id} is a {actor.type_id}, not a {kind.__name__.lower()}")
         return actor
 
     def spawn(self, description: ActorDescription, transform: Transform, parent_id: int = 0) -> Actor:
@@ -318,12 +336,20 @@ class World:
 
     def _new_camera(self, actor_id: int, description: ActorDescription, transform: Transform,
                     parent_id: int) -> Camera:
-        config = bp.camera_config(description, (transform.x, transform.y, transform.z, transform.pitch,
-                                                transform.yaw, transform.roll))
-        camera = Camera(actor_id, description, parent_id, transform, next(self._streams), config=config,
+        t = transform
+        config = bp.camera_config(description, (t.x, t.y, max(t.z, MIN_CAMERA_Z_M), t.pitch, t.yaw, t.roll))
+        camera = Camera(actor_id, description, parent_id, t, next(self._streams), config=config,
                         sensor_tick_s=bp.sensor_tick_s(description), next_capture_s=self.elapsed_s)
-        self._view(camera)  # a free camera below the ground fails here, at spawn
+        self._mount(camera, t)
         return camera
+
+    def _mount(self, cam: Camera, relative: Transform) -> None:
+        """Mount ``cam`` at ``relative`` to its parent: on a vehicle that is the config it renders with (at
+        least :data:`MIN_CAMERA_Z_M` up); other cameras render from their world pose (:meth:`_view`)."""
+        if isinstance(self.actors.get(cam.parent), Vehicle):
+            t = relative
+            cam.config = replace(cam.config, x_m=t.x, y_m=t.y, z_m=_render_height(cam, t.z), pitch_deg=t.pitch,
+                                 yaw_deg=t.yaw, roll_deg=t.roll)
 
     def has_stream(self, stream_id: int) -> bool:
         with self.lock:
@@ -358,10 +384,8 @@ class World:
             actor = self.get(actor_id)
             parent = self.actors.get(actor.parent) if actor.parent else None
             relative = relative_to(self.world_transform(parent), transform) if parent is not None else transform
-            if isinstance(actor, Camera) and isinstance(parent, Vehicle):
-                t = relative
-                actor.config = replace(actor.config, x_m=t.x, y_m=t.y, z_m=t.z, pitch_deg=t.pitch, yaw_deg=t.yaw,
-                                       roll_deg=t.roll)  # its checks refuse a mount below the ground
+            if isinstance(actor, Camera):
+                self._mount(actor, relative)
             if isinstance(actor, Vehicle):
                 s = actor.state
                 actor.state = VehicleState(transform.x, transform.y, math.radians(transform.yaw), s.speed_mps,
@@ -382,9 +406,12 @@ class World:
             vehicle.state = replace(s, speed_mps=min(max(speed, 0.0), self.params.max_speed_mps))
 
     def set_simulate_physics(self, actor_id: int, enabled: bool) -> None:
-        """Without physics a vehicle only moves by teleport (CARLA's ``set_simulate_physics(False)``)."""
+        """Without physics a vehicle only moves by teleport (CARLA's ``set_simulate_physics(False)``); other
+        actors have no physics here, and CARLA takes the call for any actor, so for them it does nothing."""
         with self.lock:
-            vehicle = self.get(actor_id, Vehicle)
+            vehicle = self.get(actor_id)
+            if not isinstance(vehicle, Vehicle):
+                return
             vehicle.physics = bool(enabled)
             if not enabled:
                 vehicle.state = replace(vehicle.state, speed_mps=0.0)
@@ -515,7 +542,8 @@ class World:
             s = parent.state
             return cam.config, s.x_m, s.y_m, s.yaw_rad
         t = self.world_transform(cam)
-        config = replace(cam.config, x_m=0.0, y_m=0.0, z_m=t.z, pitch_deg=t.pitch, yaw_deg=0.0, roll_deg=t.roll)
+        config = replace(cam.config, x_m=0.0, y_m=0.0, z_m=_render_height(cam, t.z), pitch_deg=t.pitch, yaw_deg=0.0,
+                         roll_deg=t.roll)
         return config, t.x, t.y, math.radians(t.yaw)
 
     def _shots(self) -> list[Shot]:
@@ -525,12 +553,7 @@ class World:
             if not self.streams.subscribers(cam.stream_id) or self.elapsed_s + 1e-9 < cam.next_capture_s:
                 continue
             cam.next_capture_s = self.elapsed_s + cam.sensor_tick_s
-            try:
-                view = self._view(cam)
-            except UsageError as e:  # e.g. a free camera moved below the ground
-                log.warning("camera %d not rendered: %s", cam.id, e)
-                continue
-            shots.append(Shot(cam, *view, self.frame, self.elapsed_s, self.world_transform(cam)))
+            shots.append(Shot(cam, *self._view(cam), self.frame, self.elapsed_s, self.world_transform(cam)))
         return shots
 
     def render(self, shot: Shot) -> np.ndarray:
@@ -538,8 +561,14 @@ class World:
         cam = shot.camera
         key = (self.map.name, shot.config)
         if cam.renderer_key != key:
+            t0 = time.perf_counter()
             cam.renderer = CameraRenderer(self.map.scene, shot.config, params_to_weather(self.weather), seed=0)
             cam.renderer_key = key
+            cam.builds += 1
+            if cam.builds == REBUILDS_TO_WARN:
+                log.warning("camera %d changed its height, pitch, roll or size %d times: each change rebuilds its "
+                            "renderer (%.0f ms at %dx%d), and nothing else is served meanwhile", cam.id, cam.builds - 1,
+                            1e3 * (time.perf_counter() - t0), shot.config.width, shot.config.height)
         return cam.renderer.render(shot.x_m, shot.y_m, shot.yaw_rad, shot.frame)
 
     def _capture(self, shots: list[Shot]) -> None:

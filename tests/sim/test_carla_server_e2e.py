@@ -331,7 +331,7 @@ def test_bad_numbers_are_refused_and_other_answers_read_as_in_carla(server):
     # a NaN control or weather would have poisoned every later tick; a NaN spawn blocked all later spawns
     assert out["throttle"] == 0.0 and math.isfinite(out["cloudiness"]) and math.isfinite(out["x"])
     assert out["errors"][0].endswith("a transform's x is nan, not a finite number")
-    assert "'project_point' (World.ground_projection)" in out["errors"][1]
+    assert "'project_point' (World.project_point or World.ground_projection)" in out["errors"][1]
     assert out["light"] == "NONE" and out["traffic_light"] == "Green"  # no lights: NONE, not std::bad_cast
     assert out["batch_errors"] == [""] and out["destroyed"] == [True, True]
 

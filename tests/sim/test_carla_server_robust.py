@@ -72,6 +72,20 @@ def test_a_reader_that_stalls_never_holds_up_publishing_and_gets_whole_messages_
     reader.close()
 
 
+def test_frames_larger_than_the_backlog_bound_still_queue_a_few_deep(streams, monkeypatch):
+    """A 4096x4096 BGRA frame is as large as the whole bound: a reader a frame or two behind must get them."""
+    monkeypatch.setattr(streaming, "MAX_BACKLOG_BYTES", 1 << 20)
+    reader = subscribe(streams)
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    frame = 4 << 20  # four times the bound, beyond the socket buffers
+    taken = [streams.publish(STREAM, struct.pack("<I", k), np.full(frame, k, np.uint8)) for k in range(6)]
+    assert taken == [1, 1, 1, 1, 0, 0]  # the first fits the send buffer, three more queue, then drops
+    got = [read_message(reader) for _ in range(4)]
+    assert [struct.unpack("<I", m[:4])[0] for m in got] == [0, 1, 2, 3]
+    assert all(len(m) == 4 + frame and m[-1] == i for i, m in enumerate(got))
+    reader.close()
+
+
 def test_a_reader_that_takes_nothing_for_the_send_timeout_is_disconnected(streams, monkeypatch):
     monkeypatch.setattr(streaming, "SEND_TIMEOUT_S", 0.3)
     reader = subscribe(streams)
@@ -297,10 +311,10 @@ def test_a_synchronous_tick_is_answered_before_its_images_render(server, monkeyp
 def test_a_follow_up_runs_after_its_answer_is_sent_and_its_failure_is_logged(caplog):
     from sim.carla_server.rpc import Then
 
-    received, ran = threading.Event(), []
+    received, ran = {1: threading.Event(), 2: threading.Event()}, []
 
     def after(n):
-        assert received.wait(5.0), "the follow-up ran before the answer was sent"
+        assert received[n].wait(5.0), "the follow-up ran before the answer was sent"
         ran.append(n)
         if n == 1:
             raise RuntimeError("render failed")
@@ -311,9 +325,8 @@ def test_a_follow_up_runs_after_its_answer_is_sent_and_its_failure_is_logged(cap
         with socket.create_connection(("127.0.0.1", rpc.port), timeout=10.0) as sock:
             unpacker = msgpack.Unpacker()
             for n in (1, 2):
-                received.clear()
                 assert call(sock, unpacker, n, "tick_cue") == [1, n, None, [[1, n]]]
-                received.set()
+                received[n].set()
             deadline = time.monotonic() + 5.0
             while len(ran) < 2 and time.monotonic() < deadline:
                 time.sleep(0.005)
@@ -387,3 +400,66 @@ def test_two_clients_ticking_at_once_get_every_image_once_and_in_frame_order(ser
     frames = [struct.unpack_from("<Q", read_message(reader), 8)[0] for _ in range(200)]
     assert frames == list(range(first + 1, first + 201)) and world.frame == first + 200
     reader.close()
+
+
+def test_cameras_mount_anywhere_and_render_from_above_the_ground(server, monkeypatch, caplog):
+    """CARLA takes any mount: one under a raised parent, one on a car at z=0, one moved below the ground all
+    keep streaming; the embedded camera renders from at least MIN_CAMERA_Z_M, said once per camera."""
+    from sim.carla_server.world import MIN_CAMERA_Z_M
+
+    world = server.world
+    world.set_transform(world.spectator.id, Transform(0.0, 0.0, 10.0, 0.0, 0.0, 0.0))
+    hung = world.spawn(ActorDescription(2, "sensor.camera.rgb", CAMERA), Transform(0, 0, -2.0, 0, 0, 0),
+                       world.spectator.id)
+    car = world.spawn(ActorDescription(1, "vehicle.tesla.model3"), Transform(*world.map.spawn_points[0]))
+    low = world.spawn(ActorDescription(2, "sensor.camera.rgb", CAMERA), Transform(1.0, 0, 0.0, 0, 0, 0), car.id)
+    free = world.spawn(ActorDescription(2, "sensor.camera.rgb", CAMERA), Transform(5.0, 1.0, 3.0, 0, 0, 0))
+    readers = [subscribe(server.streams, c.stream_id) for c in (hung, low, free)]
+    heights = {}
+    monkeypatch.setattr(type(world), "render", lambda self, shot: heights.setdefault(shot.camera.id, []).append(
+        shot.config.z_m) or np.zeros((48, 64, 3), np.uint8))
+    with caplog.at_level(logging.WARNING, logger="sim.carla_server.world"):
+        world.tick()
+        world.set_transform(free.id, Transform(5.0, 1.0, -1.0, 0, 0, 0))
+        world.tick()
+        world.tick()
+    assert heights[hung.id] == [8.0] * 3 and heights[low.id] == [MIN_CAMERA_Z_M] * 3
+    assert heights[free.id] == [3.0, MIN_CAMERA_Z_M, MIN_CAMERA_Z_M]
+    warnings = [r.getMessage() for r in caplog.records if "at or below the ground" in r.getMessage()]
+    assert sorted(warnings) == sorted([f"camera {low.id} is at z=0.00 m, at or below the ground: it renders from "
+                                       f"z={MIN_CAMERA_Z_M:.2f} m", f"camera {free.id} is at z=-1.00 m, at or below "
+                                       f"the ground: it renders from z={MIN_CAMERA_Z_M:.2f} m"])
+    for r in readers:
+        r.close()
+
+
+def test_a_camera_rebuilt_again_and_again_is_named_in_the_log(server, caplog):
+    from sim.carla_server.world import REBUILDS_TO_WARN
+
+    world = server.world
+    cam = world.spawn(ActorDescription(2, "sensor.camera.rgb", CAMERA), Transform(5.0, 1.0, 3.0, 0, 0, 0))
+    reader = subscribe(server.streams, cam.stream_id)
+    with caplog.at_level(logging.WARNING, logger="sim.carla_server.world"):
+        for k in range(REBUILDS_TO_WARN + 2):
+            world.set_transform(cam.id, Transform(5.0, 1.0, 3.0 + 0.1 * k, 0, 0, 0))  # a new height each frame
+            world.tick()
+    rebuilt = [r.getMessage() for r in caplog.records if "rebuilds its renderer" in r.getMessage()]
+    assert cam.builds == REBUILDS_TO_WARN + 2 and len(rebuilt) == 1
+    assert rebuilt[0].startswith(f"camera {cam.id} changed its height, pitch, roll or size {REBUILDS_TO_WARN - 1} "
+                                 "times")
+    reader.close()
+
+
+def test_simulate_physics_switches_a_car_and_is_taken_by_any_other_actor(server):
+    world = server.world
+    car = world.spawn(ActorDescription(1, "vehicle.tesla.model3"), Transform(*world.map.spawn_points[0]))
+    cam = world.spawn(ActorDescription(2, "sensor.camera.rgb", CAMERA), Transform(1.5, 0, 2.4, 0, 0, 0), car.id)
+    world.set_target_velocity(car.id, (5.0, 0.0, 0.0))
+    world.set_simulate_physics(car.id, False)
+    assert car.physics is False and car.state.speed_mps == 0.0
+    for actor in (cam, world.spectator):
+        world.set_simulate_physics(actor.id, False)  # as in CARLA: accepted, and nothing to switch here
+    with pytest.raises(UsageError, match="is not an actor of this world"):
+        world.set_simulate_physics(9999, False)
+    with pytest.raises(UsageError, match=f"^actor {cam.id} is a sensor.camera.rgb, not a vehicle$"):
+        world.apply_control(cam.id, VehicleControl(throttle=1.0))
