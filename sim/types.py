@@ -19,6 +19,7 @@ import numpy as np
 from sim.errors import InvalidControlError, UsageError
 
 DEFAULT_DT_S = 0.05  # CARLA's usual synchronous fixed step, 20 Hz
+CAMERA_MIN_Z_M = 0.05  # a camera must be higher than this above the ground (the renderer's near plane needs room)
 MIN_DT_S, MAX_DT_S = 0.001, 0.1  # the steps CARLA's physics substepping can take
 MAX_SPAWN_NOISE_M = 5.0  # the largest std of the embedded simulator's lateral spawn offset
 
@@ -77,8 +78,8 @@ class CameraConfig:
             raise UsageError(f"camera size {self.width}x{self.height} is outside 8..4096 pixels per side")
         if not 1.0 <= self.fov_deg <= 170.0:
             raise UsageError(f"camera fov {self.fov_deg} deg is outside 1..170 degrees")
-        if self.z_m <= 0.05:
-            raise UsageError(f"camera height z={self.z_m} m must be above the ground (> 0.05 m)")
+        if self.z_m <= CAMERA_MIN_Z_M:
+            raise UsageError(f"camera height z={self.z_m} m must be above the ground (> {CAMERA_MIN_Z_M} m)")
 
     @property
     def focal_px(self) -> float:

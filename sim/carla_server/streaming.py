@@ -43,8 +43,9 @@ DRAIN_POLL_S = 0.25  # how often a writer waiting on a slow reader checks its pr
 HELLO_TIMEOUT_S = 5.0
 HANGUP_POLL_S = 1.0  # how often a subscriber's hang-up watch looks at whether the server is closing
 SEND_BUFFER_BYTES = 8 << 20
-MAX_BACKLOG_BYTES = 64 << 20  # per subscriber: about 80 frames of 448x448 BGRA waiting for a slow reader
-MIN_BACKLOG_MESSAGES = 3  # messages a subscriber may hold whatever their size
+MAX_BACKLOG_BYTES = 64 << 20  # per subscriber: about 80 frames of 448x448 BGRA waiting for a slow reader ...
+MIN_BACKLOG_MESSAGES = 3  # ... or this many messages whatever their size: the bound per subscriber is the larger
+# of MAX_BACKLOG_BYTES and three of its largest messages (192 MiB at 4096x4096)
 
 
 class _Subscriber:

@@ -54,7 +54,7 @@ from sim.dynamics import VehicleParams, VehicleState, step_vehicle
 from sim.errors import UsageError
 from sim.scene import convex_overlap, penetration_depth
 from sim.sensors import VEHICLE_MASS_KG, footprint
-from sim.types import DEFAULT_DT_S, CameraConfig, Control
+from sim.types import CAMERA_MIN_Z_M, DEFAULT_DT_S, CameraConfig, Control
 from sim.weather import WEATHERS, Weather, get_weather
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ EPISODE_STREAM = 1
 MAX_STEP_S = 0.1  # the dynamics' largest step; longer ticks are split
 REBUILDS_TO_WARN = 4  # a camera's renderer built this many times (a free camera changing height, pitch, roll) is
 # worth a warning: each build costs tens of milliseconds (seconds at 4096x4096)
-MIN_CAMERA_Z_M = 0.06  # the lowest a camera renders from (the embedded camera needs to be above the ground)
+MIN_CAMERA_Z_M = 0.06  # where a camera at or below CAMERA_MIN_Z_M renders from (the embedded camera needs height)
 MAX_FIXED_DELTA_S = 10.0  # the longest fixed step accepted (100 dynamics steps per tick)
 SPEED_LIMIT_KMH = 30.0
 SEMANTIC_CAR, SEMANTIC_BUILDING = 14, 3
@@ -170,13 +170,13 @@ class CollisionDetector(Actor):
 
 
 def _render_height(cam: Camera, z_m: float) -> float:
-    """``z_m``, or :data:`MIN_CAMERA_Z_M` for a camera at or below the ground, which the embedded renderer
-    cannot show (CARLA would render from there); the server log says so once per camera."""
-    if z_m >= MIN_CAMERA_Z_M:
+    """``z_m``, or :data:`MIN_CAMERA_Z_M` for a camera at or below the ground (``CAMERA_MIN_Z_M``), which the
+    embedded renderer cannot show (CARLA would render from there); the server log says so once per camera."""
+    if z_m > CAMERA_MIN_Z_M:
         return z_m
     if not cam.warned_low:
         cam.warned_low = True
-        log.warning("camera %d is at z=%.2f m, at or below the ground: it renders from z=%.2f m", cam.id, z_m,
+        log.warning("camera %d is at z=%.3f m, at or below the ground: it renders from z=%.3f m", cam.id, z_m,
                     MIN_CAMERA_Z_M)
     return MIN_CAMERA_Z_M
 
@@ -338,6 +338,7 @@ class World:
                     parent_id: int) -> Camera:
         t = transform
         config = bp.camera_config(description, (t.x, t.y, max(t.z, MIN_CAMERA_Z_M), t.pitch, t.yaw, t.roll))
+        # (a valid height for now: _mount and _view set the one it renders from)
         camera = Camera(actor_id, description, parent_id, t, next(self._streams), config=config,
                         sensor_tick_s=bp.sensor_tick_s(description), next_capture_s=self.elapsed_s)
         self._mount(camera, t)
@@ -553,6 +554,7 @@ class World:
             if not self.streams.subscribers(cam.stream_id) or self.elapsed_s + 1e-9 < cam.next_capture_s:
                 continue
             cam.next_capture_s = self.elapsed_s + cam.sensor_tick_s
+            # _view must not raise: the step has moved the cars already and its state is not out yet
             shots.append(Shot(cam, *self._view(cam), self.frame, self.elapsed_s, self.world_transform(cam)))
         return shots
 

@@ -75,13 +75,14 @@ def test_a_reader_that_stalls_never_holds_up_publishing_and_gets_whole_messages_
 def test_frames_larger_than_the_backlog_bound_still_queue_a_few_deep(streams, monkeypatch):
     """A 4096x4096 BGRA frame is as large as the whole bound: a reader a frame or two behind must get them."""
     monkeypatch.setattr(streaming, "MAX_BACKLOG_BYTES", 1 << 20)
+    monkeypatch.setattr(streaming, "SEND_BUFFER_BYTES", 1 << 16)  # as small as on any host
     reader = subscribe(streams)
     reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
-    frame = 4 << 20  # four times the bound, beyond the socket buffers
+    frame = 4 << 20  # four times the bound, far beyond the socket buffers
     taken = [streams.publish(STREAM, struct.pack("<I", k), np.full(frame, k, np.uint8)) for k in range(6)]
-    assert taken == [1, 1, 1, 1, 0, 0]  # the first fits the send buffer, three more queue, then drops
-    got = [read_message(reader) for _ in range(4)]
-    assert [struct.unpack("<I", m[:4])[0] for m in got] == [0, 1, 2, 3]
+    assert taken == [1, 1, 1, 0, 0, 0]  # the first begun, two more queued (three held), then dropped
+    got = [read_message(reader) for _ in range(3)]
+    assert [struct.unpack("<I", m[:4])[0] for m in got] == [0, 1, 2]
     assert all(len(m) == 4 + frame and m[-1] == i for i, m in enumerate(got))
     reader.close()
 
@@ -426,11 +427,31 @@ def test_cameras_mount_anywhere_and_render_from_above_the_ground(server, monkeyp
     assert heights[hung.id] == [8.0] * 3 and heights[low.id] == [MIN_CAMERA_Z_M] * 3
     assert heights[free.id] == [3.0, MIN_CAMERA_Z_M, MIN_CAMERA_Z_M]
     warnings = [r.getMessage() for r in caplog.records if "at or below the ground" in r.getMessage()]
-    assert sorted(warnings) == sorted([f"camera {low.id} is at z=0.00 m, at or below the ground: it renders from "
-                                       f"z={MIN_CAMERA_Z_M:.2f} m", f"camera {free.id} is at z=-1.00 m, at or below "
-                                       f"the ground: it renders from z={MIN_CAMERA_Z_M:.2f} m"])
+    assert sorted(warnings) == sorted([f"camera {low.id} is at z=0.000 m, at or below the ground: it renders from "
+                                       f"z={MIN_CAMERA_Z_M:.3f} m", f"camera {free.id} is at z=-1.000 m, at or below "
+                                       f"the ground: it renders from z={MIN_CAMERA_Z_M:.3f} m"])
     for r in readers:
         r.close()
+
+
+def test_a_car_camera_moved_below_the_ground_or_just_above_it(server, monkeypatch):
+    """set_transform on a car's camera: below the ground it renders from MIN_CAMERA_Z_M; any height the
+    embedded camera takes (over 5 cm) is kept exactly, so the image stays the embedded one."""
+    from sim.carla_server.world import MIN_CAMERA_Z_M
+
+    world = server.world
+    car = world.spawn(ActorDescription(1, "vehicle.tesla.model3"), Transform(*world.map.spawn_points[0]))
+    cam = world.spawn(ActorDescription(2, "sensor.camera.rgb", CAMERA), Transform(1.5, 0, 0.055, 0, 0, 0), car.id)
+    reader = subscribe(server.streams, cam.stream_id)
+    heights = []
+    monkeypatch.setattr(type(world), "render", lambda self, shot: heights.append(shot.config.z_m) or
+                        np.zeros((48, 64, 3), np.uint8))
+    world.tick()
+    x, y, _, _, yaw, _ = world.map.spawn_points[0]
+    world.set_transform(cam.id, Transform(x, y, -0.5, 0.0, yaw, 0.0))  # a world pose under the car
+    world.tick()
+    assert heights == [0.055, MIN_CAMERA_Z_M] and cam.parent == car.id
+    reader.close()
 
 
 def test_a_camera_rebuilt_again_and_again_is_named_in_the_log(server, caplog):
