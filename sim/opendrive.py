@@ -28,7 +28,10 @@ stays valid OpenDRIVE with:
   is closed as CARLA's towns are: ``next()`` never comes back empty, the Traffic Manager keeps its cars, route
   planners find a way back, and the client's ``previous_until_lane_start`` (which crashes at a lane with no
   predecessor) works. The embedded scene does not draw them and does not keep buildings off them: of 76 maps
-  checked (the named routes, random:1-70), on two (random:12, random:63) a building stands on one.
+  checked (the named routes, random:1-70), on two (random:12, random:63) a building stands on one;
+* a road ending in a line is written :data:`LINE_END_PAD_M` (1 mm) longer: on our whole-metre roads, whole
+  steps of the client's ``next_until_lane_end`` and ``previous_until_lane_start`` landed exactly on a lane's
+  end, where it fails ("distance > 0.0"); CARLA's own roads never have such round lengths.
 
 Frames: our world frame is CARLA's left-handed one (y right, heading positive towards +y); OpenDRIVE's is
 right-handed and CARLA negates y when it reads a map. So every y, heading and curvature changes sign here,
@@ -50,6 +53,7 @@ LINE_WIDTH_M = 0.15  # painted line width, as in sim.scene_builder
 SPEED_LIMIT_KMH = 30.0  # CARLA's town default
 DEAD_END_TAIL_M = 1.0
 DEAD_END_LEAD_M = 5.0
+LINE_END_PAD_M = 1e-3  # roads ending in a line are written this much longer (see _padded)
 TURN_AROUND_RADII_M = (5.0, 3.0)  # opening arcs (over a lane width: the lane on their inside keeps an inner edge), bulb
 GEO_REFERENCE = "+proj=tmerc +lat_0=0 +lon_0=0 +k=1 +x_0=0 +y_0=0 +datum=WGS84 +units=m +no_defs"
 
@@ -253,6 +257,19 @@ def _lane_xml(road: _XRoad, lane_id: int) -> str:
             f'<speed {_attrs(sOffset=0.0, max=SPEED_LIMIT_KMH, unit="km/h")}/></lane>')
 
 
+def _padded(road: _XRoad) -> tuple[float, list[Geometry]]:
+    """The road's length and records as written: one ending in a line runs :data:`LINE_END_PAD_M` longer.
+
+    Why: our straight roads have whole-metre lengths, and the 0.9.16 client's ``next_until_lane_end(d)`` fails
+    ("distance > 0.0") when whole steps land exactly on a lane's end (it then asks for the next waypoint
+    minus an epsilon). A line extends exactly; a millimetre past the junction or next road is invisible.
+    """
+    last = road.records[-1] if road.records else None
+    if last is None or last.kind != "line":
+        return road.length_m, road.records
+    return road.length_m + LINE_END_PAD_M, [*road.records[:-1], replace(last, length_m=last.length_m + LINE_END_PAD_M)]
+
+
 def _road_xml(road: _XRoad) -> str:
     left = sorted((lane for lane in road.lanes if lane > 0), reverse=True)
     right = sorted((lane for lane in road.lanes if lane < 0), reverse=True)
@@ -264,10 +281,11 @@ def _road_xml(road: _XRoad) -> str:
     if right:
         section += "<right>" + "".join(_lane_xml(road, lane) for lane in right) + "</right>"
     section += "</laneSection>"
-    return (f'<road {_attrs(name=road.name, length=road.length_m)} id="{road.id}" junction="{road.junction}">'
+    length, records = _padded(road)
+    return (f'<road {_attrs(name=road.name, length=length)} id="{road.id}" junction="{road.junction}">'
             f"<link>{road.predecessor}{road.successor}</link>"
             f'<type s="0" type="town"><speed {_attrs(max=SPEED_LIMIT_KMH, unit="km/h")}/></type>'
-            f'<planView>{"".join(geometry_xml(g) for g in road.records)}</planView>'
+            f'<planView>{"".join(geometry_xml(g) for g in records)}</planView>'
             '<elevationProfile><elevation s="0" a="0" b="0" c="0" d="0"/></elevationProfile>'
             f"<lateralProfile/><lanes>{section}</lanes><objects/><signals/></road>")
 

@@ -18,6 +18,7 @@ from sim.geometry import Geometry, PlanView
 from sim.opendrive import (
     DEAD_END_LEAD_M,
     DEAD_END_TAIL_M,
+    LINE_END_PAD_M,
     geometry_xml,
     split_records,
     to_opendrive,
@@ -95,11 +96,12 @@ def test_dead_ends_get_a_tail_and_the_start_a_lead_in():
     assert len(dead) == 3  # the route's last road and two stubs
     for road in dead:
         main, tail = roads[f"road{road.id}"], roads[f"road{road.id}_end"]
-        assert math.isclose(float(main.get("length")) + float(tail.get("length")), road.length_m)
-        assert float(tail.get("length")) == DEAD_END_TAIL_M
+        # both written LINE_END_PAD_M longer: they end in lines (see the next test)
+        assert math.isclose(float(main.get("length")) + float(tail.get("length")), road.length_m + 2 * LINE_END_PAD_M)
+        assert float(tail.get("length")) == DEAD_END_TAIL_M + LINE_END_PAD_M
         assert main.find("link/successor").get("elementId") == tail.get("id")
     lead = roads["road0_start"]
-    assert float(lead.get("length")) == DEAD_END_LEAD_M
+    assert float(lead.get("length")) == DEAD_END_LEAD_M + LINE_END_PAD_M
     assert roads["road0"].find("link/predecessor").get("elementId") == lead.get("id")
 
 
@@ -193,8 +195,16 @@ _CLOSED_NETWORK_SCRIPT = textwrap.dedent("""
     graph = networkx.DiGraph()
     for a, b in m.get_topology():
         graph.add_edge((a.road_id, a.lane_id, round(a.s)), (b.road_id, b.lane_id, round(b.s)))
+    failed = 0  # whole steps from whole-metre waypoints landing on a lane's end failed with "distance > 0.0"
+    for w in wps[::3]:
+        for step in (1.0, 2.0):
+            for walk in (w.next_until_lane_end, w.previous_until_lane_start):
+                try:
+                    walk(step)
+                except RuntimeError:
+                    failed += 1
     print(json.dumps({"waypoints": len(wps), "dead": len(ends), "back": len(back), "ahead": len(ahead),
-                      "strongly_connected": networkx.is_strongly_connected(graph)}))
+                      "strongly_connected": networkx.is_strongly_connected(graph), "walks_failed": failed}))
 """)
 
 
@@ -208,6 +218,7 @@ def test_the_served_network_has_no_dead_ends(route):
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["waypoints"] > 100 and out["dead"] == 0 and out["back"] > 0 and out["ahead"] > 0
     assert out["strongly_connected"]  # any lane reaches any other
+    assert out["walks_failed"] == 0  # next_until_lane_end / previous_until_lane_start from every waypoint
 
 
 def test_a_turn_around_closes_on_its_road():
