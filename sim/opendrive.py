@@ -31,7 +31,7 @@ stays valid OpenDRIVE with:
   checked (the named routes, random:1-70), on two (random:12, random:63) a building stands on one;
 * a road ending in a line is written :data:`LINE_END_PAD_M` (1 mm) longer: on our whole-metre roads, whole
   steps of the client's ``next_until_lane_end`` and ``previous_until_lane_start`` landed exactly on a lane's
-  end, where it fails ("distance > 0.0"); CARLA's own roads never have such round lengths.
+  end, where it fails ("distance > 0.0"); CARLA's own roads rarely have such round lengths.
 
 Frames: our world frame is CARLA's left-handed one (y right, heading positive towards +y); OpenDRIVE's is
 right-handed and CARLA negates y when it reads a map. So every y, heading and curvature changes sign here,

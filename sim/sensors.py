@@ -18,6 +18,7 @@ from sim.scene import Scene, convex_overlap
 from sim.scene_builder import EDGE_LINE_INSET_M, LINE_WIDTH_M, ROAD_HALF_WIDTH_M
 
 VEHICLE_MASS_KG = 1845.0  # CARLA's Model 3, for the collision impulse
+GRID_CELL_M = 8.0  # the collision sensor's grid cell, metres
 
 # (kind, lateral band in metres from the driven lane's centre, right +)
 _EDGE_IN = ROAD_HALF_WIDTH_M - EDGE_LINE_INSET_M - LINE_WIDTH_M - LANE_HALF_WIDTH_M
@@ -55,9 +56,6 @@ class CollisionSensor:
         """Indices (ascending) of boxes the body (4, 2) overlaps."""
         near = sorted({i for cell in _cells_under(body.tolist()) for i in self._cells.get(cell, ())})
         return [i for i in near if convex_overlap(body, self.boxes[i])]
-
-
-GRID_CELL_M = 8.0
 
 
 def _cells_under(corners: list[list[float]]) -> list[tuple[int, int]]:

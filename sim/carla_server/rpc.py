@@ -8,7 +8,7 @@ its result is answered at once and its follow-up runs after (a synchronous tick 
 
 After each answer the connection thread polls for the next request for up to ``spin_s`` before it blocks:
 a synchronous client's next call (its control and tick) usually comes within a millisecond, and waking a
-blocked thread costs about 50 us on a small virtual machine, a tenth of a 448x448 served tick (measured
+blocked thread costs about 50 us on a small virtual machine, a twentieth of a 448x448 served tick (measured
 with ``caril bench serve``). CARLA's own client spins the same way while it waits for a tick's state.
 """
 

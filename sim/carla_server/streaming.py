@@ -3,8 +3,8 @@
 A client opens one TCP connection per stream it subscribes to, writes the stream id (u32 little-endian)
 and from then on only reads messages framed as ``u32 length | payload``; closing the connection is how it
 unsubscribes (``sensor.stop()``). :meth:`StreamServer.publish` writes one message to every subscriber of a
-stream from the caller's thread with one non-blocking ``sendmsg`` (no hand-off: a tick's data is normally on
-the wire when ``tick`` returns). A subscriber that reads slowly never holds up the world or other clients,
+stream from the caller's thread with one non-blocking ``sendmsg`` (no hand-off: a message is normally on
+the wire when ``publish`` returns). A subscriber that reads slowly never holds up the world or other clients,
 as in CARLA: what its socket cannot take now waits in its backlog, which a writer thread of its own drains;
 past :data:`MAX_BACKLOG_BYTES` new messages for it are dropped (with a warning) once it holds at least
 :data:`MIN_BACKLOG_MESSAGES` (so frames larger than the bound, 4096x4096 BGRA is 64 MiB, still queue), and

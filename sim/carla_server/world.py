@@ -61,9 +61,9 @@ log = logging.getLogger(__name__)
 
 EPISODE_STREAM = 1
 MAX_STEP_S = 0.1  # the dynamics' largest step; longer ticks are split
-REBUILDS_TO_WARN = 4  # a camera's renderer built this many times (a free camera changing height, pitch, roll) is
-# worth a warning: each build costs tens of milliseconds (seconds at 4096x4096)
-MIN_CAMERA_Z_M = 0.06  # where a camera at or below CAMERA_MIN_Z_M renders from (the embedded camera needs height)
+REBUILDS_TO_WARN = 4  # a camera's renderer built this many times (its mount on a car, or a free camera's height,
+# pitch or roll, keeps changing) is worth a warning: each build costs tens of ms (seconds at 4096x4096)
+LOW_CAMERA_RENDER_Z_M = 0.06  # where a camera at or below CAMERA_MIN_Z_M renders from (the renderer needs height)
 MAX_FIXED_DELTA_S = 10.0  # the longest fixed step accepted (100 dynamics steps per tick)
 SPEED_LIMIT_KMH = 30.0
 SEMANTIC_CAR, SEMANTIC_BUILDING = 14, 3
@@ -148,7 +148,7 @@ class Camera(Actor):
     renderer: CameraRenderer | None = None
     renderer_key: tuple | None = None
     warned_low: bool = False  # said once that it renders from above the ground
-    builds: int = 0  # renderers built for it (a new one per map, size, height, pitch or roll)
+    builds: int = 0  # renderers built for it (a new one per map, size, mount on a car, or free height/pitch/roll)
 
 
 class Shot(NamedTuple):
@@ -170,15 +170,15 @@ class CollisionDetector(Actor):
 
 
 def _render_height(cam: Camera, z_m: float) -> float:
-    """``z_m``, or :data:`MIN_CAMERA_Z_M` for a camera at or below the ground (``CAMERA_MIN_Z_M``), which the
+    """``z_m``, or :data:`LOW_CAMERA_RENDER_Z_M` for a camera at or below the ground (``CAMERA_MIN_Z_M``), which the
     embedded renderer cannot show (CARLA would render from there); the server log says so once per camera."""
     if z_m > CAMERA_MIN_Z_M:
         return z_m
     if not cam.warned_low:
         cam.warned_low = True
         log.warning("camera %d is at z=%.3f m, at or below the ground: it renders from z=%.3f m", cam.id, z_m,
-                    MIN_CAMERA_Z_M)
-    return MIN_CAMERA_Z_M
+                    LOW_CAMERA_RENDER_Z_M)
+    return LOW_CAMERA_RENDER_Z_M
 
 
 def to_control(c: VehicleControl) -> Control:
@@ -337,7 +337,7 @@ class World:
     def _new_camera(self, actor_id: int, description: ActorDescription, transform: Transform,
                     parent_id: int) -> Camera:
         t = transform
-        config = bp.camera_config(description, (t.x, t.y, max(t.z, MIN_CAMERA_Z_M), t.pitch, t.yaw, t.roll))
+        config = bp.camera_config(description, (t.x, t.y, max(t.z, LOW_CAMERA_RENDER_Z_M), t.pitch, t.yaw, t.roll))
         # (a valid height for now: _mount and _view set the one it renders from)
         camera = Camera(actor_id, description, parent_id, t, next(self._streams), config=config,
                         sensor_tick_s=bp.sensor_tick_s(description), next_capture_s=self.elapsed_s)
@@ -346,7 +346,7 @@ class World:
 
     def _mount(self, cam: Camera, relative: Transform) -> None:
         """Mount ``cam`` at ``relative`` to its parent: on a vehicle that is the config it renders with (at
-        least :data:`MIN_CAMERA_Z_M` up); other cameras render from their world pose (:meth:`_view`)."""
+        least :data:`LOW_CAMERA_RENDER_Z_M` up); other cameras render from their world pose (:meth:`_view`)."""
         if isinstance(self.actors.get(cam.parent), Vehicle):
             t = relative
             cam.config = replace(cam.config, x_m=t.x, y_m=t.y, z_m=_render_height(cam, t.z), pitch_deg=t.pitch,
@@ -568,9 +568,9 @@ class World:
             cam.renderer_key = key
             cam.builds += 1
             if cam.builds == REBUILDS_TO_WARN:
-                log.warning("camera %d changed its height, pitch, roll or size %d times: each change rebuilds its "
-                            "renderer (%.0f ms at %dx%d), and nothing else is served meanwhile", cam.id, cam.builds - 1,
-                            1e3 * (time.perf_counter() - t0), shot.config.width, shot.config.height)
+                log.warning("camera %d changed its mount, height, pitch, roll or size %d times: each change "
+                            "rebuilds its renderer (%.0f ms at %dx%d), and nothing else is served meanwhile", cam.id,
+                            cam.builds - 1, 1e3 * (time.perf_counter() - t0), shot.config.width, shot.config.height)
         return cam.renderer.render(shot.x_m, shot.y_m, shot.yaw_rad, shot.frame)
 
     def _capture(self, shots: list[Shot]) -> None:

@@ -405,8 +405,8 @@ def test_two_clients_ticking_at_once_get_every_image_once_and_in_frame_order(ser
 
 def test_cameras_mount_anywhere_and_render_from_above_the_ground(server, monkeypatch, caplog):
     """CARLA takes any mount: one under a raised parent, one on a car at z=0, one moved below the ground all
-    keep streaming; the embedded camera renders from at least MIN_CAMERA_Z_M, said once per camera."""
-    from sim.carla_server.world import MIN_CAMERA_Z_M
+    keep streaming; the embedded camera renders from at least LOW_CAMERA_RENDER_Z_M, said once per camera."""
+    from sim.carla_server.world import LOW_CAMERA_RENDER_Z_M
 
     world = server.world
     world.set_transform(world.spectator.id, Transform(0.0, 0.0, 10.0, 0.0, 0.0, 0.0))
@@ -424,20 +424,20 @@ def test_cameras_mount_anywhere_and_render_from_above_the_ground(server, monkeyp
         world.set_transform(free.id, Transform(5.0, 1.0, -1.0, 0, 0, 0))
         world.tick()
         world.tick()
-    assert heights[hung.id] == [8.0] * 3 and heights[low.id] == [MIN_CAMERA_Z_M] * 3
-    assert heights[free.id] == [3.0, MIN_CAMERA_Z_M, MIN_CAMERA_Z_M]
+    assert heights[hung.id] == [8.0] * 3 and heights[low.id] == [LOW_CAMERA_RENDER_Z_M] * 3
+    assert heights[free.id] == [3.0, LOW_CAMERA_RENDER_Z_M, LOW_CAMERA_RENDER_Z_M]
     warnings = [r.getMessage() for r in caplog.records if "at or below the ground" in r.getMessage()]
-    assert sorted(warnings) == sorted([f"camera {low.id} is at z=0.000 m, at or below the ground: it renders from "
-                                       f"z={MIN_CAMERA_Z_M:.3f} m", f"camera {free.id} is at z=-1.000 m, at or below "
-                                       f"the ground: it renders from z={MIN_CAMERA_Z_M:.3f} m"])
+    floor = f"it renders from z={LOW_CAMERA_RENDER_Z_M:.3f} m"
+    assert sorted(warnings) == sorted([f"camera {low.id} is at z=0.000 m, at or below the ground: {floor}",
+                                       f"camera {free.id} is at z=-1.000 m, at or below the ground: {floor}"])
     for r in readers:
         r.close()
 
 
 def test_a_car_camera_moved_below_the_ground_or_just_above_it(server, monkeypatch):
-    """set_transform on a car's camera: below the ground it renders from MIN_CAMERA_Z_M; any height the
+    """set_transform on a car's camera: below the ground it renders from LOW_CAMERA_RENDER_Z_M; any height the
     embedded camera takes (over 5 cm) is kept exactly, so the image stays the embedded one."""
-    from sim.carla_server.world import MIN_CAMERA_Z_M
+    from sim.carla_server.world import LOW_CAMERA_RENDER_Z_M
 
     world = server.world
     car = world.spawn(ActorDescription(1, "vehicle.tesla.model3"), Transform(*world.map.spawn_points[0]))
@@ -450,7 +450,7 @@ def test_a_car_camera_moved_below_the_ground_or_just_above_it(server, monkeypatc
     x, y, _, _, yaw, _ = world.map.spawn_points[0]
     world.set_transform(cam.id, Transform(x, y, -0.5, 0.0, yaw, 0.0))  # a world pose under the car
     world.tick()
-    assert heights == [0.055, MIN_CAMERA_Z_M] and cam.parent == car.id
+    assert heights == [0.055, LOW_CAMERA_RENDER_Z_M] and cam.parent == car.id
     reader.close()
 
 
@@ -466,8 +466,8 @@ def test_a_camera_rebuilt_again_and_again_is_named_in_the_log(server, caplog):
             world.tick()
     rebuilt = [r.getMessage() for r in caplog.records if "rebuilds its renderer" in r.getMessage()]
     assert cam.builds == REBUILDS_TO_WARN + 2 and len(rebuilt) == 1
-    assert rebuilt[0].startswith(f"camera {cam.id} changed its height, pitch, roll or size {REBUILDS_TO_WARN - 1} "
-                                 "times")
+    assert rebuilt[0].startswith(f"camera {cam.id} changed its mount, height, pitch, roll or size "
+                                 f"{REBUILDS_TO_WARN - 1} times")
     reader.close()
 
 

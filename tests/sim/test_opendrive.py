@@ -96,7 +96,7 @@ def test_dead_ends_get_a_tail_and_the_start_a_lead_in():
     assert len(dead) == 3  # the route's last road and two stubs
     for road in dead:
         main, tail = roads[f"road{road.id}"], roads[f"road{road.id}_end"]
-        # both written LINE_END_PAD_M longer: they end in lines (see the next test)
+        # both written LINE_END_PAD_M longer: they end in lines (test_the_served_network_has_no_dead_ends)
         assert math.isclose(float(main.get("length")) + float(tail.get("length")), road.length_m + 2 * LINE_END_PAD_M)
         assert float(tail.get("length")) == DEAD_END_TAIL_M + LINE_END_PAD_M
         assert main.find("link/successor").get("elementId") == tail.get("id")
@@ -218,7 +218,7 @@ def test_the_served_network_has_no_dead_ends(route):
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["waypoints"] > 100 and out["dead"] == 0 and out["back"] > 0 and out["ahead"] > 0
     assert out["strongly_connected"]  # any lane reaches any other
-    assert out["walks_failed"] == 0  # next_until_lane_end / previous_until_lane_start from every waypoint
+    assert out["walks_failed"] == 0  # next_until_lane_end / previous_until_lane_start from every third waypoint
 
 
 def test_a_turn_around_closes_on_its_road():
