@@ -13,10 +13,16 @@ Paired rounds: a small shared machine changes speed by a factor of two within se
 a direct run timed one after the other can land in different phases. Each round therefore times both on a
 fresh episode over the same stretch of road, back to back (which goes first alternates), and the figures
 are the medians over the rounds; every round's pair is in the JSON. Target: served at least half of direct.
+
+Where a tick's time goes: each side also reports the CPU it used per timed tick, all threads together: the
+direct loop's process, and on the served side the client process (the script and the client library's
+threads) and the server process (read from ``/proc`` at 100 Hz, so about 10 ms per round; ``null`` where
+there is no ``/proc``).
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import signal
@@ -27,6 +33,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from scripts.args import arg
@@ -64,19 +71,35 @@ def _rate(ticks: int, seconds: float) -> dict:
             "ms_per_tick": round(1000 * seconds / ticks, 4)}
 
 
+def cpu_s(pid: int | None = None) -> float | None:
+    """CPU seconds (user + system, all threads) used so far by this process, or by process ``pid`` (from
+    Linux's ``/proc``, in clock ticks; None where that cannot be read)."""
+    if pid is None:
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _per_tick_us(before: float | None, after: float | None, ticks: int) -> float | None:
+    return None if before is None or after is None else round(1e6 * (after - before) / ticks, 1)
+
+
 def bench_direct(args: Args) -> dict:
     """One episode of the loop on :class:`EmbeddedSimulator` in this process."""
     from sim.embedded import EmbeddedSimulator
 
     sim = EmbeddedSimulator(camera=CameraConfig(width=args.size, height=args.size, fov_deg=args.fov))
     obs = sim.reset(args.route, "ClearNoon", 0)
-    t0 = 0.0
+    t0 = c0 = 0.0
     for k in range(args.warmup + args.ticks):
         if k == args.warmup:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_s()
         obs = sim.step(Control(0.0, throttle_for(obs.speed_mps), 0.0))
     assert obs.image.shape == (args.size, args.size, 3)
-    return _rate(args.ticks, time.perf_counter() - t0)
+    return {**_rate(args.ticks, time.perf_counter() - t0), "cpu_us_per_tick": _per_tick_us(c0, cpu_s(), args.ticks)}
 
 
 def _start_server(route: str) -> tuple[subprocess.Popen, int]:
@@ -120,7 +143,7 @@ def served_world(port: int) -> Iterator[tuple[Any, Any]]:
         world.apply_settings(settings)
 
 
-def bench_served(args: Args, carla: Any, world: Any) -> dict:
+def bench_served(args: Args, carla: Any, world: Any, server_pid: int | None = None) -> dict:
     """One episode of the loop through the real client: spawn the car and camera, drive, destroy them."""
     library = world.get_blueprint_library()
     vehicle = world.spawn_actor(library.find("vehicle.tesla.model3"), world.get_map().get_spawn_points()[0])
@@ -131,19 +154,20 @@ def bench_served(args: Args, carla: Any, world: Any) -> dict:
     images: queue.Queue[Any] = queue.Queue()
     camera.listen(images.put)
     try:
-        return _served_loop(args, carla, world, vehicle, images)
+        return _served_loop(args, carla, world, vehicle, images, server_pid)
     finally:
         camera.stop()
         camera.destroy()
         vehicle.destroy()
 
 
-def _served_loop(args: Args, carla: Any, world: Any, vehicle: Any, images: queue.Queue) -> dict:
+def _served_loop(args: Args, carla: Any, world: Any, vehicle: Any, images: queue.Queue,
+                 server_pid: int | None) -> dict:
     matched = 0
-    t0 = 0.0
+    t0, c0, s0 = 0.0, None, None
     for k in range(args.warmup + args.ticks):
         if k == args.warmup:
-            t0 = time.perf_counter()
+            t0, c0, s0 = time.perf_counter(), cpu_s(), cpu_s(server_pid) if server_pid else None
         v = vehicle.get_velocity()
         vehicle.apply_control(carla.VehicleControl(throttle=throttle_for((v.x ** 2 + v.y ** 2) ** 0.5)))
         frame = world.tick()
@@ -152,29 +176,37 @@ def _served_loop(args: Args, carla: Any, world: Any, vehicle: Any, images: queue
             image = images.get(timeout=10.0)
         matched += image.frame == frame and len(image.raw_data) == args.size * args.size * 4
     seconds = time.perf_counter() - t0
-    return {**_rate(args.ticks, seconds), "frames_matched": matched, "frames": args.warmup + args.ticks}
+    cpu = {"client_cpu_us_per_tick": _per_tick_us(c0, cpu_s(), args.ticks),
+           "server_cpu_us_per_tick": _per_tick_us(s0, cpu_s(server_pid) if server_pid else None, args.ticks)}
+    return {**_rate(args.ticks, seconds), **cpu, "frames_matched": matched, "frames": args.warmup + args.ticks}
 
 
-def paired_rounds(args: Args, carla: Any, world: Any) -> list[dict]:
+def paired_rounds(args: Args, carla: Any, world: Any, server_pid: int | None = None) -> list[dict]:
     """``args.rounds`` pairs of (direct, served) episodes timed back to back; odd rounds serve first."""
     rounds = []
     for r in range(args.rounds):
         if r % 2:
-            served = bench_served(args, carla, world)
+            served = bench_served(args, carla, world, server_pid)
             direct = bench_direct(args)
         else:
             direct = bench_direct(args)
-            served = bench_served(args, carla, world)
+            served = bench_served(args, carla, world, server_pid)
         rounds.append({"direct": direct, "served": served,
                        "ratio": round(served["ticks_per_s"] / direct["ticks_per_s"], 3)})
     return rounds
+
+
+def _median(values: Iterator[float | None]) -> float | None:
+    """The median, or None when any value is missing (no /proc)."""
+    values = list(values)
+    return None if any(v is None for v in values) else round(statistics.median(values), 1)
 
 
 def bench(args: Args) -> dict:
     proc, port = _start_server(args.route)
     try:
         with served_world(port) as (carla, world):
-            rounds = paired_rounds(args, carla, world)
+            rounds = paired_rounds(args, carla, world, proc.pid)
     finally:
         _stop_server(proc)
     served = statistics.median(r["served"]["ticks_per_s"] for r in rounds)
@@ -190,6 +222,9 @@ def bench(args: Args) -> dict:
         "ticks_per_s_direct": round(direct, 2),
         "ratio_served_to_direct": round(ratio, 3),
         "ratio_per_round": [r["ratio"] for r in rounds],
+        "cpu_us_per_tick": {"direct": _median(r["direct"]["cpu_us_per_tick"] for r in rounds),
+                            "served_client": _median(r["served"]["client_cpu_us_per_tick"] for r in rounds),
+                            "served_server": _median(r["served"]["server_cpu_us_per_tick"] for r in rounds)},
         "target_ratio": TARGET_RATIO,
         "target_met": ratio >= TARGET_RATIO,
         "frames_matched": sum(r["served"]["frames_matched"] for r in rounds),

@@ -3,6 +3,9 @@
 import json
 import subprocess
 import sys
+import time
+
+import pytest
 
 
 def bench(tmp_path, *args):
@@ -46,3 +49,29 @@ def test_bench_serve_pairs_rounds_through_the_real_client(tmp_path):
     direct = sorted(r["direct"]["ticks_per_s"] for r in data["rounds"])[1]
     assert (data["ticks_per_s_served"], data["ticks_per_s_direct"]) == (served, direct)  # medians
     assert data["target_met"] == (data["ratio_served_to_direct"] >= data["target_ratio"] == 0.5)
+    # CPU per timed tick, all threads: this process on each side, and the server from /proc (10 ms clock ticks)
+    cpu = {"direct": [r["direct"]["cpu_us_per_tick"] for r in data["rounds"]],
+           "served_client": [r["served"]["client_cpu_us_per_tick"] for r in data["rounds"]],
+           "served_server": [r["served"]["server_cpu_us_per_tick"] for r in data["rounds"]]}
+    assert all(v > 0 for v in cpu["direct"] + cpu["served_client"])
+    ticks = [v * 6 / 1e4 for v in cpu["served_server"]]  # in 10 ms clock ticks over the 6 timed ticks
+    assert all(t >= 0 and abs(t - round(t)) < 1e-3 for t in ticks)
+    assert data["cpu_us_per_tick"] == {k: round(sorted(v)[1], 1) for k, v in cpu.items()}
+
+
+def test_cpu_seconds_of_this_process_and_of_another():
+    import os
+
+    from scripts.bench_serve import cpu_s
+
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                             "while time.process_time() - t < 0.3: pass\ninput()"], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10.0
+        while (cpu_s(busy.pid) or 0.0) < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert 0.25 <= cpu_s(busy.pid) < 5.0  # the child's own CPU, not ours
+    finally:
+        busy.communicate(b"\n", timeout=10)
+    assert cpu_s(os.getpid()) is not None and cpu_s(2 ** 30) is None  # no such process
+    assert cpu_s() == pytest.approx(time.process_time(), abs=0.05)
