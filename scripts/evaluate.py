@@ -29,7 +29,7 @@ from sim.carla_routes import carla_route_names
 from sim.embedded import SIM_REVISION
 from sim.errors import UsageError, unknown_name
 from sim.routes import parse_routes
-from sim.types import MAX_SPAWN_NOISE_M, CameraConfig, parse_resolution
+from sim.types import CameraConfig, check_spawn_noise, parse_resolution
 from sim.weather import parse_weathers
 from training.episode_file import write_json_atomic
 from training.evaluation import Campaign, PolicyFactory, SimFactory, plan_episodes, read_results
@@ -112,8 +112,7 @@ class Args:
             raise UsageError(f"{', '.join(given)} only apply to --policy caril (this run drives {self.policy})")
 
     def _check_spawn_noise(self) -> None:
-        if not 0.0 <= self.spawn_noise <= MAX_SPAWN_NOISE_M:  # NaN fails this too; before anything is written
-            raise UsageError(f"--spawn-noise {self.spawn_noise} m must be in 0..{MAX_SPAWN_NOISE_M:g} m")
+        check_spawn_noise(self.spawn_noise, "--spawn-noise ")  # before anything is written
         if self.spawn_noise and self.backend != "embedded":
             raise UsageError("--spawn-noise is for the embedded backend (CARLA spawns at its spawn points)")
 

@@ -22,7 +22,6 @@ from sim.sensors import MARKINGS, VEHICLE_MASS_KG, CollisionSensor, footprint, t
 from sim.simulator import Simulator
 from sim.types import (
     DEFAULT_DT_S,
-    MAX_SPAWN_NOISE_M,
     CameraConfig,
     CollisionEvent,
     Control,
@@ -30,6 +29,7 @@ from sim.types import (
     LaneInvasionEvent,
     Observation,
     Pose,
+    check_spawn_noise,
     check_step,
 )
 from sim.weather import Weather, get_weather
@@ -70,9 +70,7 @@ class EmbeddedSimulator(Simulator):
                  vehicle: VehicleParams | None = None, render_camera: bool = True,
                  spawn_noise_m: float = 0.0) -> None:
         check_step(dt_s)
-        if not 0.0 <= spawn_noise_m <= MAX_SPAWN_NOISE_M:  # NaN fails this too
-            raise UsageError(f"spawn noise {spawn_noise_m} m must be in 0..{MAX_SPAWN_NOISE_M:g} m (the standard "
-                             "deviation of the start's lateral offset)")
+        check_spawn_noise(spawn_noise_m)
         self.camera = camera or CameraConfig()
         self.dt_s = dt_s
         self.vehicle = vehicle or VehicleParams()

@@ -102,6 +102,14 @@ def check_step(dt_s: float, label: str = "dt_s=") -> None:
         raise UsageError(f"{label}{dt_s} s is outside {MIN_DT_S:g}..{MAX_DT_S:g} s (CARLA's substepping limit)")
 
 
+def check_spawn_noise(std_m: float, label: str = "spawn noise ") -> None:
+    """A lateral spawn noise (the standard deviation of the start's offset, m) in 0..:data:`MAX_SPAWN_NOISE_M`;
+    else a UsageError that names it with ``label`` (``"spawn noise "``, or an option such as ``"--spawn-noise "``)."""
+    if not 0.0 <= std_m <= MAX_SPAWN_NOISE_M:  # NaN fails this too
+        raise UsageError(f"{label}{std_m} m must be in 0..{MAX_SPAWN_NOISE_M:g} m (the standard deviation of the "
+                         "start's lateral offset)")
+
+
 def parse_resolution(spec: str) -> tuple[int, int]:
     """Parse ``WIDTHxHEIGHT`` (as CARLA's ``--res``) into ``(width, height)``."""
     try:

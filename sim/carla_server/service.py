@@ -140,8 +140,7 @@ class CarlaService:
         if not world.settings.synchronous_mode:  # the free-running ticker will produce the next frame
             return response_ok(world.frame + 1)
         self.wait_for_streams(PENDING_STREAM_WAIT_S)
-        frame, shots = world.advance()
-        return Then(response_ok(frame), lambda: world.capture(shots))
+        return self._step(response_ok)
 
     # -- map ----------------------------------------------------------------------------------------------
     def rpc_get_map_info(self) -> list:
@@ -224,9 +223,15 @@ class CarlaService:
         """``[CommandResponse...]`` with no ``Response`` wrapper (the client reads the raw array)."""
         results = [self._command(c) for c in commands]
         if do_tick_cue and self.world.settings.synchronous_mode:
-            _, shots = self.world.advance()  # the images follow the answer, as for tick_cue
-            return Then(results, lambda: self.world.capture(shots))
+            return self._step(lambda _frame: results)
         return results
+
+    def _step(self, answer: Callable[[int], Any]) -> Then:
+        """Advance the synchronous world one step: ``answer(frame)`` goes back once the step's collision events
+        and episode state are out, and its images are rendered and streamed after it (as a CARLA server sends
+        sensor data after the tick's answer)."""
+        frame, shots = self.world.advance()
+        return Then(answer(frame), lambda: self.world.capture(shots))
 
     def _command(self, msg: Any, future_id: int = 0) -> list:
         """Run one command; ``future_id`` replaces actor id 0 in ``do_after`` commands of a spawn."""
