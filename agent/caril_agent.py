@@ -30,6 +30,7 @@ import torch
 from agent.checkpoint import LoadedCheckpoint, load_checkpoint
 from agent.control import SpeedController
 from agent.correction import STRATEGIES, correct, entropy, temperature_scale
+from agent.draws import Draws
 from agent.graphed import GraphedForward
 from agent.policy import Policy
 from agent.preprocess import check_frame, preprocess_frame
@@ -86,7 +87,7 @@ class CarilAgent(Policy):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.correction, self.seed = self.cfg.correction, self.cfg.seed
         self.speed = SpeedController()
-        self.rng = np.random.default_rng(self.seed)
+        self.rng = Draws(np.random.default_rng(self.seed))
         self._centres = self.ckpt.bins.centres  # for the classification head's expected steer in the record
         self._graphed: dict[tuple, GraphedForward] = {}  # per frame shape
         self._use_graphs = self.cfg.cuda_graphs and self.device.type == "cuda"
@@ -99,7 +100,7 @@ class CarilAgent(Policy):
     def reset(self, route: Route | None = None) -> None:
         """New episode: the correction's random generator restarts from ``seed``, so episodes reproduce."""
         self.speed.reset()
-        self.rng = np.random.default_rng(self.seed)
+        self.rng = Draws(np.random.default_rng(self.seed))
 
     @torch.inference_mode()
     def predict(self, image: np.ndarray,

@@ -25,9 +25,12 @@ Two ways to check inputs, on purpose:
 - :func:`validate_probs` raises :class:`InvalidProbabilitiesError` with the same diagnosis, for offline use
   (datasets, calibration, analysis).
 
-Randomness: the ``caril`` strategy draws only from the ``rng`` passed in. With ``rng=None`` each call uses a
-fresh ``np.random.default_rng(0)``, so results are deterministic but every call draws the SAME numbers (a fixed
-offset rather than noise): pass one seeded generator per episode for the paper's behaviour.
+Randomness: the ``caril`` strategy draws only from the ``rng`` passed in: a NumPy ``Generator`` (each call draws
+exactly the samples it needs, the values NumPy's ``uniform``/``normal`` would give) or an :class:`agent.draws.Draws`
+over one (samples taken from blocks drawn earlier: what the agent passes, see that module for why). With
+``rng=None`` each call uses a fresh ``np.random.default_rng(0)``, so results are deterministic but every call
+draws the SAME numbers (a fixed offset rather than noise): pass one seeded generator per episode for the
+paper's behaviour.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from agent.bins import SteeringBins
+from agent.draws import Draws, mean_of
 from sim.errors import CarilError, UsageError, unknown_name
 
 ENTROPY_EPS = 1e-8
@@ -166,7 +170,8 @@ class Evidence(NamedTuple):
     reference_bin: int  # np.digitize(r, edges) - 1 as the reference computes it: -1 below low, n at/above high
 
 
-Strategy = Callable[[Evidence, SteeringBins, CorrectionParams, "np.random.Generator | None"], tuple[float, str]]
+Rng = np.random.Generator | Draws | None
+Strategy = Callable[[Evidence, SteeringBins, CorrectionParams, Rng], tuple[float, str]]
 
 DEFAULT_BINS = SteeringBins()
 _new_tuple = tuple.__new__
@@ -240,7 +245,7 @@ def _read_probs(class_probs: Any, n_bins: int | None, tolerance: float) -> tuple
     for v in values:
         if not 0.0 <= v < math.inf:  # False for NaN too
             return tuple(values), f"entries must be finite and >= 0, found {v}"
-    total = sum(values)
+    total = math.fsum(values)
     if abs(total - 1.0) > tolerance:
         return tuple(values), f"probabilities sum to {total:.6g}, not 1 (tolerance {tolerance:g}); pass a softmax"
     if abs(total - 1.0) > _RENORMALISE_ABOVE:  # leave float64 softmax outputs bit for bit, as the reference
@@ -314,8 +319,11 @@ def _confident_span(c: int, bins: SteeringBins, margin: int) -> tuple[float, flo
     return edges[max(c - margin, 0)], edges[min(c + margin + 1, bins.n_bins)]
 
 
-def _generator(rng: np.random.Generator | None) -> np.random.Generator:
-    return np.random.default_rng(0) if rng is None else rng
+def _draws(rng: Rng) -> Draws:
+    """Where ``caril``'s samples come from: the agent's :class:`Draws`, else exactly as asked from ``rng``."""
+    if isinstance(rng, Draws):
+        return rng
+    return Draws(np.random.default_rng(0) if rng is None else rng, block=0)
 
 
 # -------------------------------------------------------------------------------------------- strategies
@@ -347,7 +355,7 @@ def strategy_classification_expected(
 
 
 def strategy_caril(
-    ev: Evidence, bins: SteeringBins, params: CorrectionParams, rng: np.random.Generator | None
+    ev: Evidence, bins: SteeringBins, params: CorrectionParams, rng: Rng
 ) -> tuple[float, str]:
     """The paper's rule, as ``process()`` in its ``Driving Evaluation/test_scenario.py`` applies it.
 
@@ -367,14 +375,23 @@ def strategy_caril(
         if abs(b - c) <= params.agree_bins:
             return r, "keep_regression_agree"
         lo, hi = bins._edges_t[c], bins._edges_t[c + 1]
-        draws = _generator(rng).uniform(lo, hi, size=params.n_samples)
-        return float(draws.sum()) / params.n_samples, "confident_bin_sample"  # == draws.mean(), without its wrapper
+        return mean_of(lo, hi - lo, _draws(rng).uniform(params.n_samples)), "confident_bin_sample"
     if m < params.uncertain_max_prob and ev.entropy > params.uncertain_entropy_nats:
         return r, "uncertain_keep_regression"
-    mean = sum(ev.probs) / len(ev.probs)
-    variance = sum((p - mean) ** 2 for p in ev.probs) / len(ev.probs)
-    draws = _generator(rng).normal(r, math.sqrt(variance), size=params.n_samples)
-    return float(draws.sum()) / params.n_samples, "gaussian_blend"
+    return mean_of(r, _std_of(ev.probs), _draws(rng).normal(params.n_samples)), "gaussian_blend"
+
+
+def _std_of(values: tuple[float, ...]) -> float:
+    """The population standard deviation, two passes as np.std, added in order (the builtin ``sum`` of floats
+    gives other bits from Python 3.12 on)."""
+    mean = 0.0
+    for v in values:
+        mean += v
+    mean /= len(values)
+    squares = 0.0
+    for v in values:
+        squares += (v - mean) * (v - mean)
+    return math.sqrt(squares / len(values))
 
 
 def strategy_clamp(ev: Evidence, bins: SteeringBins, params: CorrectionParams, rng: Any) -> tuple[float, str]:
@@ -453,7 +470,7 @@ def correct(
     strategy: str,
     steer_regression: float,
     class_probs: Any,
-    rng: np.random.Generator | None = None,
+    rng: Rng = None,
     *,
     bins: SteeringBins | None = None,
     params: CorrectionParams | None = None,
@@ -462,8 +479,9 @@ def correct(
 
     Never raises on bad numbers (see the module docstring): the record's rule is then ``fallback_invalid``,
     steer 0.0 and ``reason`` says what was wrong. Raises :class:`sim.errors.UnknownNameError` for an unknown
-    ``strategy``. ``rng`` is only drawn from by ``caril``'s sampling branches; None means a fresh
-    ``np.random.default_rng(0)`` per call. The returned steer is clipped to [-1, 1].
+    ``strategy``. ``rng`` (a NumPy ``Generator`` or an :class:`agent.draws.Draws`) is only drawn from by
+    ``caril``'s sampling branches; None means a fresh ``np.random.default_rng(0)`` per call. The returned
+    steer is clipped to [-1, 1].
     """
     impl = STRATEGIES.get(strategy)
     if impl is None:

@@ -5,7 +5,12 @@
 For the default (small CNN) and the ``paper`` (ResNet-50, 160x160) networks with command branches (as
 ``caril train`` builds them), randomly initialised (latency does not depend on the weights; no pretrained
 file is needed), on frames of the paper's 448x448 camera from the embedded simulator. Reports p50 and p99 of
-``act()`` and the p50 of each part; the correction must cost under 1% of the network. On a GPU the same
+``act()`` and the p50 of each part; the correction must cost under 1% of the network. What the correction costs
+depends on the rule that fires (``caril``'s sampling branches draw random numbers), and random weights make
+the classifier uncertain, so ``act()`` times one rule; ``correction_p50_ms_by_rule`` therefore also times every
+rule the strategy can report, each on inputs that fire it, right after the network's forward pass on a frame
+(as in ``act()``, when the interpreter's caches are cold), and ``correction_worst_rule_share_of_network``
+is the dearest rule against the network. On a GPU the same
 runs there twice: eagerly (fp32, channels-last) and with ``cuda_graphs`` (``*_gpu_graphs``: the frame is
 preprocessed on the GPU and the whole path replayed as one CUDA graph in bf16; its ``preprocess_p50_ms`` is
 only the staging of the frame, the GPU preprocessing is in ``network_p50_ms``; ``cuda_graphs`` false in the
@@ -25,6 +30,7 @@ import torch
 from agent.bins import SteeringBins
 from agent.caril_agent import CarilAgent, CarilAgentConfig
 from agent.checkpoint import save_checkpoint
+from agent.correction import correct
 from agent.network import DualHeadNet, NetworkConfig
 from agent.preprocess import PreprocessConfig
 from scripts.args import arg
@@ -66,6 +72,32 @@ def _checkpoint(name: str, folder: Path) -> Path:
     return save_checkpoint(folder / name, DualHeadNet(cfg).eval(), cfg, PreprocessConfig(), SteeringBins())
 
 
+def rule_inputs(strategy: str, bins: SteeringBins) -> dict[str, tuple[float, np.ndarray]]:
+    """One (normalised regression, class probabilities) that fires each rule ``strategy`` can report, found on a
+    grid of flat and peaked probability vectors and regressions inside, beside and far from the peak."""
+    n, found = bins.n_bins, {}
+    for m in (1.0 / n, 0.3, 0.55, 0.7, 0.95):
+        for c in (n // 2, 2):
+            p = np.full(n, (1.0 - m) / (n - 1))
+            p[c] = m
+            for r in (0.0, 0.05, 0.6):
+                found.setdefault(correct(strategy, r, p, bins=bins).rule, (r, p))
+    return found
+
+
+def _time_rules(agent: CarilAgent, frames: list) -> dict[str, float]:
+    """p50 ms of the correction for each rule, each call right after the network's forward pass on a frame."""
+    inputs = rule_inputs(agent.correction, agent.ckpt.bins)
+    rules, times = list(inputs), {rule: [] for rule in inputs}
+    for k, obs in enumerate(frames):
+        r, p = inputs[rules[k % len(rules)]]
+        agent.predict(obs.image, obs.command)
+        start = time.perf_counter()
+        rec = correct(agent.correction, r, p, agent.rng, bins=agent.ckpt.bins)
+        times[rec.rule].append((time.perf_counter() - start) * 1e3)
+    return {rule: round(float(np.percentile(t, 50)), 4) for rule, t in times.items() if t}
+
+
 def _time_agent(path: Path, frames: list, args: Args, device: str, cuda_graphs: bool = False) -> dict:
     # random weights may put the regression beyond the agent's sanity bound; time the full path regardless
     agent = CarilAgent(path, CarilAgentConfig(correction=args.correction, device=device, max_abs_regression=1e9,
@@ -81,11 +113,14 @@ def _time_agent(path: Path, frames: list, args: Args, device: str, cuda_graphs: 
         parts.append((rec["preprocess_ms"], rec["network_ms"], rec["correction_ms"]))
     parts_arr = np.array(parts)
     p50 = np.percentile(parts_arr, 50, axis=0)
+    by_rule = _time_rules(agent, frames[args.warmup:])
     return {"device": str(agent.device), "cuda_graphs": agent.uses_cuda_graphs,
             "act_p50_ms": round(float(np.percentile(act, 50)), 4),
             "act_p99_ms": round(float(np.percentile(act, 99)), 4), "preprocess_p50_ms": round(float(p50[0]), 4),
             "network_p50_ms": round(float(p50[1]), 4), "correction_p50_ms": round(float(p50[2]), 4),
-            "correction_share_of_network": round(float(p50[2] / p50[1]), 5), "calls": len(act)}
+            "correction_share_of_network": round(float(p50[2] / p50[1]), 5), "calls": len(act),
+            "correction_p50_ms_by_rule": by_rule,
+            "correction_worst_rule_share_of_network": round(max(by_rule.values()) / float(p50[1]), 5)}
 
 
 def bench(args: Args) -> dict:
@@ -93,7 +128,8 @@ def bench(args: Args) -> dict:
         torch.set_num_threads(args.threads)
     frames = _frames(args.warmup + args.steps)
     out = {"correction": args.correction, "camera": "448x448 embedded", "torch_threads": torch.get_num_threads(),
-           "weights": "random init (latency does not depend on them)"}
+           "weights": "random init (the network's latency does not depend on them; the correction's does, by rule: "
+                      "see correction_p50_ms_by_rule)"}
     with tempfile.TemporaryDirectory() as tmp:
         for name in NETWORKS:
             path = _checkpoint(name, Path(tmp))

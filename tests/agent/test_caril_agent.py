@@ -11,6 +11,7 @@ from agent.bins import SteeringBins
 from agent.caril_agent import SAFE_STOP, CarilAgent, CarilAgentConfig
 from agent.checkpoint import load_checkpoint, save_checkpoint
 from agent.correction import correct
+from agent.draws import Draws
 from agent.network import DualHeadNet, NetworkConfig
 from agent.preprocess import PreprocessConfig
 from sim.embedded import EmbeddedSimulator
@@ -87,8 +88,13 @@ def test_caril_rule_is_seeded_per_episode(checkpoint, observation):
     agent.reset()
     first = [agent.act(observation)[1]["steer"] for _ in range(3)]
     agent.reset()
-    again = [agent.act(observation)[1]["steer"] for _ in range(3)]
+    records = [agent.act(observation)[1] for _ in range(3)]
+    again = [r["steer"] for r in records]
     assert first == again and len(set(first)) == 3
+    # the episode's draws: one block-drawing Draws over the seed's generator, as correct() takes it
+    draws = Draws(np.random.default_rng(3))
+    assert again == [correct("caril", r["steer_regression"], np.array(r["class_probs"]), draws).steer
+                     for r in records]
 
 
 @pytest.mark.parametrize("steer, reason", [(float("nan"), "not finite"), (float("inf"), "not finite"),

@@ -7,6 +7,10 @@ import time
 
 import pytest
 
+from agent.bins import SteeringBins
+from agent.correction import STRATEGY_RULES, correct
+from scripts.bench_policy import rule_inputs
+
 
 def bench(tmp_path, *args):
     out = tmp_path / "bench.json"
@@ -36,6 +40,18 @@ def test_bench_policy_splits_act_latency(tmp_path):
         assert set(row) >= {"act_p50_ms", "act_p99_ms", "preprocess_p50_ms", "network_p50_ms", "correction_p50_ms"}
         assert row["network_p50_ms"] > 0 and row["correction_p50_ms"] > 0 and row["calls"] == 10
         assert row["act_p50_ms"] >= row["network_p50_ms"]
+        by_rule = row["correction_p50_ms_by_rule"]  # every rule of caril timed, not only the one act() hit
+        assert set(by_rule) == set(STRATEGY_RULES["caril"]) and min(by_rule.values()) > 0
+        worst = max(by_rule.values()) / row["network_p50_ms"]
+        assert row["correction_worst_rule_share_of_network"] == pytest.approx(worst, rel=1e-3, abs=1e-5)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGY_RULES))
+def test_bench_policy_finds_inputs_for_every_rule(strategy):
+    inputs = rule_inputs(strategy, SteeringBins())
+    assert set(inputs) == set(STRATEGY_RULES[strategy])
+    for rule, (r, p) in inputs.items():
+        assert correct(strategy, r, p, bins=SteeringBins()).rule == rule
 
 
 def test_bench_serve_pairs_rounds_through_the_real_client(tmp_path):
