@@ -15,27 +15,35 @@ runs there twice: eagerly (fp32, channels-last) and with ``cuda_graphs`` (``*_gp
 preprocessed on the GPU and the whole path replayed as one CUDA graph in bf16; its ``preprocess_p50_ms`` is
 only the staging of the frame, the GPU preprocessing is in ``network_p50_ms``; ``cuda_graphs`` false in the
 JSON means the capture failed and the figures are eager).
+
+``--checkpoint DIR`` also times a trained policy driving ``--route`` in closed loop (entry ``checkpoint``): there
+the rules fire as they do on the road, and ``rule_shares`` says how often each did.
+
+    caril bench policy --checkpoint policies/caril_small --json runs/bench/policy.json
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from agent.bins import SteeringBins
 from agent.caril_agent import CarilAgent, CarilAgentConfig
-from agent.checkpoint import save_checkpoint
+from agent.checkpoint import load_checkpoint, save_checkpoint
 from agent.correction import correct
 from agent.network import DualHeadNet, NetworkConfig
 from agent.preprocess import PreprocessConfig
 from scripts.args import arg
 from sim.embedded import EmbeddedSimulator
 from sim.errors import UsageError
+from sim.routes import get_route
 from sim.types import Control
 
 DESCRIPTION = "Latency of the CARIL agent's act() (preprocess, network, correction) for the default and paper nets."
@@ -50,6 +58,8 @@ class Args:
     correction: str = arg("caril", help="correction strategy timed")
     device: str = arg("auto", help="auto (GPU when present), cpu or cuda")
     threads: int = arg(0, help="torch CPU threads (0: torch's default)")
+    checkpoint: str | None = arg(None, help="also time this trained policy folder driving --route (closed loop)")
+    route: str = arg("two-turn", help="route the --checkpoint policy drives")
 
     def __post_init__(self) -> None:
         if self.steps < 10:
@@ -99,31 +109,56 @@ def _time_rules(agent: CarilAgent, frames: list) -> dict[str, float]:
 
 
 def _time_agent(path: Path, frames: list, args: Args, device: str, cuda_graphs: bool = False) -> dict:
+    """The random-weight network on the recorded frames (open loop), each rule also timed on its own."""
     # random weights may put the regression beyond the agent's sanity bound; time the full path regardless
     agent = CarilAgent(path, CarilAgentConfig(correction=args.correction, device=device, max_abs_regression=1e9,
                                               cuda_graphs=cuda_graphs))
-    agent.reset()
-    for obs in frames[:args.warmup]:
-        agent.act(obs)
-    act, parts = [], []
-    for obs in frames[args.warmup:]:  # act() ends with a .cpu() copy, so GPU work is complete when it returns
-        start = time.perf_counter()
-        _, rec = agent.act(obs)
-        act.append((time.perf_counter() - start) * 1e3)
-        parts.append((rec["preprocess_ms"], rec["network_ms"], rec["correction_ms"]))
-    parts_arr = np.array(parts)
-    p50 = np.percentile(parts_arr, 50, axis=0)
+    replay = iter(frames[1:])
+    row = _time_acts(agent, frames[0], lambda _control: next(replay), args)
+    del row["by_rule"]  # random weights fire one rule: time each on inputs that fire it
     by_rule = _time_rules(agent, frames[args.warmup:])
+    return {**row, "correction_p50_ms_by_rule": by_rule,
+            "correction_worst_rule_share_of_network": round(max(by_rule.values()) / row["network_p50_ms"], 5)}
+
+
+def _time_drive(path: Path, args: Args, device: str) -> dict:
+    """A trained checkpoint driving ``args.route`` in closed loop: the rules fire as they do on the road."""
+    agent = CarilAgent(path, CarilAgentConfig(correction=args.correction, device=device))
+    sim = EmbeddedSimulator()
+    row = _time_acts(agent, sim.reset(args.route, "ClearNoon", 0), sim.step, args)
+    by_rule = row.pop("by_rule")
+    p50 = {rule: round(float(np.percentile(t, 50)), 4) for rule, t in by_rule.items()}
+    return {"path": str(path), "route": args.route, **row, "correction_p50_ms_by_rule": p50,
+            "correction_worst_rule_share_of_network": round(max(p50.values()) / row["network_p50_ms"], 5),
+            "rule_shares": {rule: round(len(t) / row["calls"], 4) for rule, t in by_rule.items()}}
+
+
+def _time_acts(agent: CarilAgent, obs: Any, step: Callable[[Control], Any], args: Args) -> dict:
+    """``args.warmup`` untimed then ``args.steps`` timed ``act()`` calls, each next observation ``step(control)``:
+    p50/p99 of ``act()``, the p50 of its parts, and (key ``by_rule``, for the caller) correction times by rule."""
+    agent.reset()
+    act, parts, by_rule = [], [], {}
+    for k in range(args.warmup + args.steps):  # act() ends with a .cpu() copy: GPU work is done when it returns
+        start = time.perf_counter()
+        control, rec = agent.act(obs)
+        if k >= args.warmup:
+            act.append((time.perf_counter() - start) * 1e3)
+            parts.append((rec["preprocess_ms"], rec["network_ms"], rec["correction_ms"]))
+            by_rule.setdefault(rec["rule"], []).append(rec["correction_ms"])
+        if k + 1 < args.warmup + args.steps:
+            obs = step(control)
+    p50 = np.percentile(np.array(parts), 50, axis=0)
     return {"device": str(agent.device), "cuda_graphs": agent.uses_cuda_graphs,
             "act_p50_ms": round(float(np.percentile(act, 50)), 4),
             "act_p99_ms": round(float(np.percentile(act, 99)), 4), "preprocess_p50_ms": round(float(p50[0]), 4),
             "network_p50_ms": round(float(p50[1]), 4), "correction_p50_ms": round(float(p50[2]), 4),
-            "correction_share_of_network": round(float(p50[2] / p50[1]), 5), "calls": len(act),
-            "correction_p50_ms_by_rule": by_rule,
-            "correction_worst_rule_share_of_network": round(max(by_rule.values()) / float(p50[1]), 5)}
+            "correction_share_of_network": round(float(p50[2] / p50[1]), 5), "calls": len(act), "by_rule": by_rule}
 
 
 def bench(args: Args) -> dict:
+    if args.checkpoint:  # a bad folder or route fails now, not after the other networks
+        get_route(args.route)
+        load_checkpoint(args.checkpoint)
     if args.threads:
         torch.set_num_threads(args.threads)
     frames = _frames(args.warmup + args.steps)
@@ -137,4 +172,6 @@ def bench(args: Args) -> dict:
             if args.device == "auto" and torch.cuda.is_available():
                 out[f"{name}_gpu"] = _time_agent(path, frames, args, "cuda")
                 out[f"{name}_gpu_graphs"] = _time_agent(path, frames, args, "cuda", cuda_graphs=True)
+    if args.checkpoint:
+        out["checkpoint"] = _time_drive(Path(args.checkpoint), args, "cpu" if args.device == "auto" else args.device)
     return out

@@ -4,12 +4,15 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from agent.bins import SteeringBins
 from agent.correction import STRATEGY_RULES, correct
 from scripts.bench_policy import rule_inputs
+
+SHIPPED_POLICY = Path(__file__).resolve().parents[2] / "policies" / "caril_small"
 
 
 def bench(tmp_path, *args):
@@ -34,7 +37,12 @@ def test_bench_sim_compares_with_carracing(tmp_path):
 
 
 def test_bench_policy_splits_act_latency(tmp_path):
-    data = bench(tmp_path, "policy", "--steps", "10", "--warmup", "1", "--device", "cpu")
+    data = bench(tmp_path, "policy", "--steps", "10", "--warmup", "1", "--device", "cpu",
+                 "--checkpoint", str(SHIPPED_POLICY), "--route", "one-turn")
+    drive = data["checkpoint"]  # the trained policy in closed loop: the rules fire as on the road
+    assert (drive["route"], drive["calls"], drive["path"]) == ("one-turn", 10, str(SHIPPED_POLICY))
+    assert set(drive["rule_shares"]) == set(drive["correction_p50_ms_by_rule"]) <= set(STRATEGY_RULES["caril"])
+    assert sum(drive["rule_shares"].values()) == pytest.approx(1.0, abs=1e-3)
     for net in ("default", "paper"):
         row = data[net]
         assert set(row) >= {"act_p50_ms", "act_p99_ms", "preprocess_p50_ms", "network_p50_ms", "correction_p50_ms"}
@@ -44,6 +52,16 @@ def test_bench_policy_splits_act_latency(tmp_path):
         assert set(by_rule) == set(STRATEGY_RULES["caril"]) and min(by_rule.values()) > 0
         worst = max(by_rule.values()) / row["network_p50_ms"]
         assert row["correction_worst_rule_share_of_network"] == pytest.approx(worst, rel=1e-3, abs=1e-5)
+
+
+@pytest.mark.parametrize(("args", "message"), [(("--checkpoint", "no/such/policy"), "does not exist"),
+                                               (("--checkpoint", str(SHIPPED_POLICY), "--route", "moon"),
+                                                "unknown route 'moon'")])
+def test_bench_policy_refuses_a_bad_checkpoint_or_route_before_timing(tmp_path, args, message):
+    r = subprocess.run([sys.executable, "-m", "scripts.cli", "bench", "policy", "--steps", "10", *args],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == ""  # nothing was timed
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGY_RULES))
