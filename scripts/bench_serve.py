@@ -49,7 +49,7 @@ CRUISE_MPS = 8.0
 class Args:
     json: str | None = arg(None, help="also write the JSON to this path")
     ticks: int = arg(200, help="timed ticks per case and round")
-    rounds: int = arg(5, help="paired rounds (each times direct and served back to back)")
+    rounds: int = arg(11, help="paired rounds (each times direct and served back to back; figures: medians)")
     warmup: int = arg(40, help="untimed ticks at the start of each case's episode")
     route: str = arg("straight", help="map/route driven (its straight keeps the car on the road)")
     size: int = arg(448, help="camera width and height, pixels")
