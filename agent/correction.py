@@ -12,7 +12,8 @@ that fired. Strategies, by name (:data:`STRATEGIES`):
 - ``regression``: the regression head alone (the paper's "W/O correction" baseline).
 - ``classification``: the centre of the most probable bin; ``classification_expected``: the probability-weighted
   mean of the centres.
-- ``caril``: the paper's rule, exactly as its reference code applies it (two branches draw random samples).
+- ``caril``: the paper's rule, exactly as its reference code applies it (two branches draw random samples and
+  average them, added in order: within an ulp of NumPy's pairwise mean).
 - ``clamp`` and ``blend``: deterministic improvements of this project (see their docstrings).
 
 Two ways to check inputs, on purpose:
@@ -172,6 +173,11 @@ class Evidence(NamedTuple):
 
 Rng = np.random.Generator | Draws | None
 Strategy = Callable[[Evidence, SteeringBins, CorrectionParams, Rng], tuple[float, str]]
+
+CORRECTION_REVISION = 1
+"""Counts changes to what the corrections return for the same inputs and seed, as ``sim.embedded.SIM_REVISION``
+does for the simulator (``caril evaluate`` refuses to resume results of another revision). 1: the agent takes
+``caril``'s samples from blocks (:class:`agent.draws.Draws`), so its sampling ticks draw other numbers."""
 
 DEFAULT_BINS = SteeringBins()
 _new_tuple = tuple.__new__
@@ -382,8 +388,9 @@ def strategy_caril(
 
 
 def _std_of(values: tuple[float, ...]) -> float:
-    """The population standard deviation, two passes as np.std, added in order (the builtin ``sum`` of floats
-    gives other bits from Python 3.12 on)."""
+    """The population standard deviation by np.std's formula (the mean, then the mean squared deviation), added
+    in order, so within an ulp of np.std (which adds pairwise) and the same bits on every Python (the builtin
+    ``sum`` of floats adds differently from Python 3.12 on)."""
     mean = 0.0
     for v in values:
         mean += v
@@ -480,8 +487,9 @@ def correct(
     Never raises on bad numbers (see the module docstring): the record's rule is then ``fallback_invalid``,
     steer 0.0 and ``reason`` says what was wrong. Raises :class:`sim.errors.UnknownNameError` for an unknown
     ``strategy``. ``rng`` (a NumPy ``Generator`` or an :class:`agent.draws.Draws`) is only drawn from by
-    ``caril``'s sampling branches; None means a fresh ``np.random.default_rng(0)`` per call. The returned
-    steer is clipped to [-1, 1].
+    ``caril``'s sampling branches; None means a fresh ``np.random.default_rng(0)`` per call; anything else raises
+    :class:`sim.errors.UsageError` when a sampling branch fires (configuration, like the strategy name). The
+    returned steer is clipped to [-1, 1].
     """
     impl = STRATEGIES.get(strategy)
     if impl is None:

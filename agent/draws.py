@@ -1,11 +1,13 @@
 """Random draws for the correction's sampling branches, taken from one seeded generator in blocks.
 
 Why blocks: the ``caril`` rule averages ten uniform or ten normal samples at every control tick where one of
-its sampling branches fires. Asking NumPy's generator for them at that moment cost ~40 us on the project's
-2-core CI machine: the correction runs right after the network, when the interpreter's caches are cold, and a
-first call into a NumPy routine is then slow. That is 1.6% of the default network's ~2.4 ms, over the 1% the
-correction may cost. Taking the samples from a block drawn earlier costs ~5 us there; a block is refilled
-once every ``block / 10`` sampling ticks.
+its sampling branches fires. The correction runs right after the network, when the interpreter's caches are
+cold, and a first call into a NumPy routine is then slow: on the project's 2-core CI machine a sampling tick
+cost ~0.04 ms when it asked NumPy's generator for its samples, ~1.6% of the default network's ~2.4 ms (the
+correction may cost 1%). From a block drawn earlier the draw itself costs ~5 us, and the whole sampling tick
+0.02-0.025 ms (``caril bench policy``, ``correction_p50_ms_by_rule``): still a little over 1% of that small
+network, most of it now the cold interpreter running the rule at all. A block is refilled once every
+``block / 10`` sampling ticks.
 
 The samples are standard: uniform on [0, 1) and normal with mean 0 and deviation 1; a caller scales them
 (``low + (high - low) * u``, ``mean + sd * z``), exactly as NumPy's ``Generator.uniform`` and

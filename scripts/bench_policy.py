@@ -42,12 +42,13 @@ from agent.network import DualHeadNet, NetworkConfig
 from agent.preprocess import PreprocessConfig
 from scripts.args import arg
 from sim.embedded import EmbeddedSimulator
-from sim.errors import UsageError
+from sim.errors import CarilError, UsageError
 from sim.routes import get_route
 from sim.types import Control
 
 DESCRIPTION = "Latency of the CARIL agent's act() (preprocess, network, correction) for the default and paper nets."
 NETWORKS = {"default": {}, "paper": {"preset": "paper"}}
+RULE_CALLS = 5  # timed correction calls per rule at least (--steps 10 with caril's four rules gives 2-3)
 
 
 @dataclass
@@ -59,11 +60,17 @@ class Args:
     device: str = arg("auto", help="auto (GPU when present), cpu or cuda")
     threads: int = arg(0, help="torch CPU threads (0: torch's default)")
     checkpoint: str | None = arg(None, help="also time this trained policy folder driving --route (closed loop)")
-    route: str = arg("two-turn", help="route the --checkpoint policy drives")
+    route: str | None = arg(None, help="route the --checkpoint policy drives (default two-turn)")
 
     def __post_init__(self) -> None:
         if self.steps < 10:
             raise UsageError("--steps must be at least 10 for a p99")
+        if self.warmup < 0:
+            raise UsageError(f"--warmup must not be negative, got {self.warmup}")
+        if self.route is not None and not self.checkpoint:
+            raise UsageError("--route is the route the --checkpoint policy drives: give --checkpoint DIR too")
+        if self.checkpoint and self.route is None:
+            self.route = "two-turn"
 
 
 def _frames(n: int) -> list:
@@ -96,16 +103,18 @@ def rule_inputs(strategy: str, bins: SteeringBins) -> dict[str, tuple[float, np.
 
 
 def _time_rules(agent: CarilAgent, frames: list) -> dict[str, float]:
-    """p50 ms of the correction for each rule, each call right after the network's forward pass on a frame."""
+    """p50 ms of the correction for each rule, each call right after the network's forward pass on a frame; at
+    least :data:`RULE_CALLS` calls per rule (the frames repeat when there are fewer), each rule's first untimed."""
     inputs = rule_inputs(agent.correction, agent.ckpt.bins)
     rules, times = list(inputs), {rule: [] for rule in inputs}
-    for k, obs in enumerate(frames):
-        r, p = inputs[rules[k % len(rules)]]
+    for k in range(max(len(frames), (RULE_CALLS + 1) * len(rules))):
+        rule, obs = rules[k % len(rules)], frames[k % len(frames)]
+        r, p = inputs[rule]
         agent.predict(obs.image, obs.command)
         start = time.perf_counter()
-        rec = correct(agent.correction, r, p, agent.rng, bins=agent.ckpt.bins)
-        times[rec.rule].append((time.perf_counter() - start) * 1e3)
-    return {rule: round(float(np.percentile(t, 50)), 4) for rule, t in times.items() if t}
+        correct(agent.correction, r, p, agent.rng, bins=agent.ckpt.bins)
+        times[rule].append((time.perf_counter() - start) * 1e3)
+    return {rule: round(float(np.percentile(t[1:], 50)), 4) for rule, t in times.items()}
 
 
 def _time_agent(path: Path, frames: list, args: Args, device: str, cuda_graphs: bool = False) -> dict:
@@ -130,29 +139,44 @@ def _time_drive(path: Path, args: Args, device: str) -> dict:
     p50 = {rule: round(float(np.percentile(t, 50)), 4) for rule, t in by_rule.items()}
     return {"path": str(path), "route": args.route, **row, "correction_p50_ms_by_rule": p50,
             "correction_worst_rule_share_of_network": round(max(p50.values()) / row["network_p50_ms"], 5),
-            "rule_shares": {rule: round(len(t) / row["calls"], 4) for rule, t in by_rule.items()}}
+            "rule_shares": _shares(by_rule, row["fallbacks"], args.steps)}
+
+
+def _shares(by_rule: dict[str, list], fallbacks: int, steps: int) -> dict[str, float]:
+    """How often each rule fired over the timed steps, the safe stop (``fallback_safe_stop``) included."""
+    shares = {rule: round(len(t) / steps, 4) for rule, t in by_rule.items()}
+    return {**shares, "fallback_safe_stop": round(fallbacks / steps, 4)} if fallbacks else shares
 
 
 def _time_acts(agent: CarilAgent, obs: Any, step: Callable[[Control], Any], args: Args) -> dict:
     """``args.warmup`` untimed then ``args.steps`` timed ``act()`` calls, each next observation ``step(control)``:
-    p50/p99 of ``act()``, the p50 of its parts, and (key ``by_rule``, for the caller) correction times by rule."""
+    p50/p99 of ``act()``, the p50 of its parts, and (key ``by_rule``, for the caller) correction times by rule.
+    A call that ended in the safe stop (its record has a ``fallback`` reason and no network or correction time)
+    is counted in ``fallbacks``, not timed; ``calls`` counts the timed ones."""
     agent.reset()
-    act, parts, by_rule = [], [], {}
+    act, parts, by_rule, fallbacks = [], [], {}, []
     for k in range(args.warmup + args.steps):  # act() ends with a .cpu() copy: GPU work is done when it returns
         start = time.perf_counter()
         control, rec = agent.act(obs)
-        if k >= args.warmup:
+        if k >= args.warmup and rec["fallback"]:
+            fallbacks.append(rec["fallback"])
+        elif k >= args.warmup:
             act.append((time.perf_counter() - start) * 1e3)
             parts.append((rec["preprocess_ms"], rec["network_ms"], rec["correction_ms"]))
             by_rule.setdefault(rec["rule"], []).append(rec["correction_ms"])
         if k + 1 < args.warmup + args.steps:
             obs = step(control)
+    if not act:
+        raise CarilError(f"every one of the {args.steps} timed act() calls ended in the safe stop (first reason: "
+                         f"{fallbacks[0]}); nothing to time")
+    fallback_info = {"fallbacks": len(fallbacks), "first_fallback": fallbacks[0] if fallbacks else None}
     p50 = np.percentile(np.array(parts), 50, axis=0)
     return {"device": str(agent.device), "cuda_graphs": agent.uses_cuda_graphs,
             "act_p50_ms": round(float(np.percentile(act, 50)), 4),
             "act_p99_ms": round(float(np.percentile(act, 99)), 4), "preprocess_p50_ms": round(float(p50[0]), 4),
             "network_p50_ms": round(float(p50[1]), 4), "correction_p50_ms": round(float(p50[2]), 4),
-            "correction_share_of_network": round(float(p50[2] / p50[1]), 5), "calls": len(act), "by_rule": by_rule}
+            "correction_share_of_network": round(float(p50[2] / p50[1]), 5), "calls": len(act), **fallback_info,
+            "by_rule": by_rule}
 
 
 def bench(args: Args) -> dict:

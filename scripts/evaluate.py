@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from agent.correction import STRATEGIES
+from agent.correction import CORRECTION_REVISION, STRATEGIES
 from agent.factory import NEEDS_CHECKPOINT, POLICIES, resolve_checkpoint
 from scripts.args import arg, env_default
 from sim.backends import BACKENDS
@@ -157,6 +157,7 @@ def result_settings(args: Args) -> dict:
         for name in ("config.json", "model.safetensors"):
             digest.update((folder / name).read_bytes())
         settings["checkpoint_sha256"] = digest.hexdigest()
+        settings["correction_revision"] = CORRECTION_REVISION
     return settings
 
 
@@ -175,12 +176,15 @@ def resume_mismatch(args: Args, trust_legacy: bool = True, settings: dict | None
         return "its config.json is unreadable"
     now = settings if settings is not None else result_settings(args)
     stored = config.get("result_settings")
-    if stored is None:
+    legacy = stored is None
+    if legacy:
         if not trust_legacy:
             return "its results do not record the checkpoint they were made with"
         stored = {k: config[k] for k in now if k in config}
-        if "sim_revision" in now:
-            stored["sim_revision"] = 0  # made before the simulator's revisions were counted
+    for key in ("sim_revision", "correction_revision"):
+        if key in now:
+            stored.setdefault(key, 0)  # made before such revisions were counted
+    if legacy:
         now = {k: v for k, v in now.items() if k in stored}
         if args.policy == "caril":
             log.warning("%s predates checkpoint fingerprints: resuming on trust that %s is unchanged", out,

@@ -91,10 +91,21 @@ def test_caril_rule_is_seeded_per_episode(checkpoint, observation):
     records = [agent.act(observation)[1] for _ in range(3)]
     again = [r["steer"] for r in records]
     assert first == again and len(set(first)) == 3
-    # the episode's draws: one block-drawing Draws over the seed's generator, as correct() takes it
-    draws = Draws(np.random.default_rng(3))
-    assert again == [correct("caril", r["steer_regression"], np.array(r["class_probs"]), draws).steer
-                     for r in records]
+
+
+
+def test_caril_agent_takes_its_samples_in_blocks(checkpoint, observation):
+    logits = [0.0] * 11
+    logits[2] = 3.0  # the Gaussian branch on every tick: ten normals each
+    agent = CarilAgent(with_net(checkpoint, 0.0, logits), CarilAgentConfig(correction="caril", seed=3, device="cpu"))
+    agent.reset()
+    records = [agent.act(observation)[1] for _ in range(103)]  # the 103rd tick's ten do not fit the first block
+    blocked, direct = Draws(np.random.default_rng(3)), np.random.default_rng(3)
+    probs = np.array(records[0]["class_probs"])
+    assert [r["steer"] for r in records] == [correct("caril", 0.0, probs, blocked).steer for _ in records]
+    unblocked = [correct("caril", 0.0, probs, direct).steer for _ in records]
+    assert unblocked[:102] == [r["steer"] for r in records[:102]]  # the same normals, as long as the block lasts
+    assert unblocked[102] != records[102]["steer"]  # then a new block: the rest of the first is skipped
 
 
 @pytest.mark.parametrize("steer, reason", [(float("nan"), "not finite"), (float("inf"), "not finite"),

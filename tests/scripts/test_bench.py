@@ -10,7 +10,9 @@ import pytest
 
 from agent.bins import SteeringBins
 from agent.correction import STRATEGY_RULES, correct
-from scripts.bench_policy import rule_inputs
+from scripts.bench_policy import Args as PolicyArgs
+from scripts.bench_policy import _time_acts, rule_inputs
+from sim.errors import CarilError, UsageError
 
 SHIPPED_POLICY = Path(__file__).resolve().parents[2] / "policies" / "caril_small"
 
@@ -62,6 +64,44 @@ def test_bench_policy_refuses_a_bad_checkpoint_or_route_before_timing(tmp_path, 
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
     assert r.stdout == ""  # nothing was timed
+
+
+class _Agent:
+    """Records as CarilAgent.act() gives them: a safe stop wherever ``stops`` says, else a keep-regression tick."""
+    device, uses_cuda_graphs = "cpu", False
+
+    def __init__(self, stops):
+        self.stops, self.k = stops, 0
+
+    def reset(self):
+        self.k = 0
+
+    def act(self, obs):
+        stop, self.k = self.stops[self.k], self.k + 1
+        if stop:
+            return None, {"fallback": f"regression output nan at {self.k - 1}", "rule": "fallback_safe_stop",
+                          "preprocess_ms": 0.0, "network_ms": 0.0, "correction_ms": 0.0}
+        return None, {"fallback": "", "rule": "keep_regression_agree", "preprocess_ms": 0.5, "network_ms": 2.0,
+                      "correction_ms": 0.01}
+
+
+def test_bench_policy_counts_safe_stops_apart_from_the_timed_calls():
+    args = PolicyArgs(steps=10, warmup=2)
+    stops = [True, False] + [False, True, False, True] + [False] * 6  # two in warm-up (one a stop), 2 stops timed
+    row = _time_acts(_Agent(stops), None, lambda control: None, args)
+    assert (row["calls"], row["fallbacks"], row["first_fallback"]) == (8, 2, "regression output nan at 3")
+    assert row["network_p50_ms"] == 2.0 and row["correction_share_of_network"] == 0.005  # no zeros in the p50s
+    assert list(row["by_rule"]) == ["keep_regression_agree"] and len(row["by_rule"]["keep_regression_agree"]) == 8
+    with pytest.raises(CarilError, match="every one of the 10 timed act"):
+        _time_acts(_Agent([False, False] + [True] * 10), None, lambda control: None, args)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"warmup": -1}, "--warmup must not be negative"),
+                                                 ({"route": "one-turn"}, "give --checkpoint DIR too")])
+def test_bench_policy_arguments(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        PolicyArgs(**kwargs)
+    assert PolicyArgs(checkpoint="x").route == "two-turn"
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGY_RULES))

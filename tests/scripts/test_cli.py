@@ -79,6 +79,24 @@ def test_evaluate_will_not_resume_results_of_another_simulator_revision(tmp_path
     assert f"its results were made with another sim_revision ({SIM_REVISION - 1}, now {SIM_REVISION})" in r.stderr
 
 
+def test_evaluate_will_not_resume_caril_results_of_another_correction_revision(tmp_path):
+    from agent.correction import CORRECTION_REVISION
+    from tests.tiny_checkpoint import save_tiny_checkpoint
+
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "eval"
+    args = ("evaluate", "--policy", "caril", "--checkpoint", str(ckpt), "--corrections", "caril", "--routes",
+            "straight", "--res", "64x64", "--out", str(out))
+    assert caril(*args).returncode == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["result_settings"]["correction_revision"] == CORRECTION_REVISION
+    del config["result_settings"]["correction_revision"]  # as written before the corrections' revisions counted
+    (out / "config.json").write_text(json.dumps(config))
+    r = caril(*args, "--resume")
+    assert r.returncode == 2, r.stderr
+    assert f"its results were made with another correction_revision (0, now {CORRECTION_REVISION})" in r.stderr
+
+
 def test_evaluate_checks_a_campaign_from_before_result_settings_on_its_stored_config(tmp_path):
     out = tmp_path / "eval"
     assert caril("evaluate", "--routes", "straight", "--no-camera", "--out", str(out)).returncode == 0
