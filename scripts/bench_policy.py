@@ -102,8 +102,8 @@ def rule_inputs(strategy: str, bins: SteeringBins) -> dict[str, tuple[float, np.
     return found
 
 
-def _time_rules(agent: CarilAgent, frames: list) -> dict[str, float]:
-    """p50 ms of the correction for each rule, each call right after the network's forward pass on a frame; at
+def _time_rules(agent: CarilAgent, frames: list) -> dict[str, list[float]]:
+    """Correction times (ms) for each rule, each call right after the network's forward pass on a frame; at
     least :data:`RULE_CALLS` calls per rule (the frames repeat when there are fewer), each rule's first untimed."""
     inputs = rule_inputs(agent.correction, agent.ckpt.bins)
     rules, times = list(inputs), {rule: [] for rule in inputs}
@@ -114,7 +114,14 @@ def _time_rules(agent: CarilAgent, frames: list) -> dict[str, float]:
         start = time.perf_counter()
         correct(agent.correction, r, p, agent.rng, bins=agent.ckpt.bins)
         times[rule].append((time.perf_counter() - start) * 1e3)
-    return {rule: round(float(np.percentile(t[1:], 50)), 4) for rule, t in times.items()}
+    return {rule: t[1:] for rule, t in times.items()}
+
+
+def _rule_figures(times: dict[str, list[float]], network_p50_ms: float) -> dict:
+    """The correction's p50 ms by rule and the dearest rule's share of the network."""
+    p50 = {rule: round(float(np.percentile(t, 50)), 4) for rule, t in times.items()}
+    return {"correction_p50_ms_by_rule": p50,
+            "correction_worst_rule_share_of_network": round(max(p50.values()) / network_p50_ms, 5)}
 
 
 def _time_agent(path: Path, frames: list, args: Args, device: str, cuda_graphs: bool = False) -> dict:
@@ -125,9 +132,7 @@ def _time_agent(path: Path, frames: list, args: Args, device: str, cuda_graphs: 
     replay = iter(frames[1:])
     row = _time_acts(agent, frames[0], lambda _control: next(replay), args)
     del row["by_rule"]  # random weights fire one rule: time each on inputs that fire it
-    by_rule = _time_rules(agent, frames[args.warmup:])
-    return {**row, "correction_p50_ms_by_rule": by_rule,
-            "correction_worst_rule_share_of_network": round(max(by_rule.values()) / row["network_p50_ms"], 5)}
+    return {**row, **_rule_figures(_time_rules(agent, frames[args.warmup:]), row["network_p50_ms"])}
 
 
 def _time_drive(path: Path, args: Args, device: str) -> dict:
@@ -136,9 +141,7 @@ def _time_drive(path: Path, args: Args, device: str) -> dict:
     sim = EmbeddedSimulator()
     row = _time_acts(agent, sim.reset(args.route, "ClearNoon", 0), sim.step, args)
     by_rule = row.pop("by_rule")
-    p50 = {rule: round(float(np.percentile(t, 50)), 4) for rule, t in by_rule.items()}
-    return {"path": str(path), "route": args.route, **row, "correction_p50_ms_by_rule": p50,
-            "correction_worst_rule_share_of_network": round(max(p50.values()) / row["network_p50_ms"], 5),
+    return {"path": str(path), "route": args.route, **row, **_rule_figures(by_rule, row["network_p50_ms"]),
             "rule_shares": _shares(by_rule, row["fallbacks"], args.steps)}
 
 
