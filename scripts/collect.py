@@ -1,8 +1,13 @@
 """Record expert demonstrations into a dataset (one HDF5 file per episode, see ``training/episode_file.py``).
 
-    caril collect --routes paper --weathers ClearNoon,WetNoon --episodes 60 --seed 0 --workers 2 --out data/paper
-    caril collect --backend carla --host localhost --town Town04 --routes paper --episodes 30 --out data/town04
-    caril collect --driver caril --checkpoint policies/caril_small --routes paper --episodes 36 --out data/dagger
+    caril collect --routes random:100000-100095 --weathers train --schedule interleave --episodes 96 --workers 2 \
+        --out data/train
+    caril collect --backend carla --host localhost --town Town04 --routes 10:42,7:88 --episodes 30 --out data/town04
+    caril collect --driver caril --checkpoint policies/caril_small --routes random:100200-100235 --episodes 36 \
+        --out data/dagger
+
+Training data comes only from generated maps with seeds >= 100000 and the training weathers
+(``sim/split.py``): a held-out map or weather is refused unless ``--allow-heldout``.
 
 Episodes cycle over routes x weathers; episode i's seed derives from --seed and i. By default steering
 noise is injected (recovery data: the executed steering drifts, the stored label is the expert's clean
@@ -29,7 +34,7 @@ from sim.errors import UsageError
 from sim.routes import parse_routes
 from sim.types import DEFAULT_DT_S, CameraConfig, parse_resolution
 from sim.weather import parse_weathers
-from training.collect import CollectConfig, CollectJob, SimulatorFactory
+from training.collect import SCHEDULES, CollectConfig, CollectJob, SimulatorFactory
 from training.dagger import DRIVERS, DriverConfig
 from training.episode_file import IMAGE_FORMATS, ImageCodec
 from training.noise import NOISE_KINDS, NoiseConfig
@@ -38,11 +43,16 @@ DESCRIPTION = ("Record expert demonstrations (camera frames, expert and executed
                "with --driver caril the agent drives and the expert labels (DAgger).")
 
 
+DEFAULT_TRAINING_ROUTES = "random:100000-100011"
+
+
 @dataclass
 class Args:
     out: str = arg(help="dataset folder")
     backend: str = arg("embedded", help="simulator backend", choices=BACKENDS)
-    routes: str = arg("paper", help="comma-separated routes or suites (paper, named) or random:<seed>")
+    routes: str = arg("", help="comma-separated routes, suites or generated maps random:<seed> or "
+                              "random:<first>-<last>; training data only on random maps with seed >= 100000 "
+                              "(default: random:100000-100011; with --backend carla name start:end spawn pairs)")
     weathers: str = arg("ClearNoon", help="comma-separated weather presets, or 'all'")
     episodes: int = arg(10, help="number of episodes; they cycle over routes x weathers")
     seed: int = arg(0, help="job seed; episode i's seed derives from it and i")
@@ -70,9 +80,22 @@ class Args:
     checkpoint: str = arg("", help="the agent that drives (--driver caril): a caril train run or policies/NAME")
     correction: str = arg("regression", help="the driving agent's correction strategy (--driver caril)",
                           choices=tuple(STRATEGIES))
+    schedule: str = arg("grid", help="grid: every route in one weather, then the next weather; interleave: the "
+                                     "weather changes every episode (many maps)", choices=SCHEDULES)
+    allow_heldout: bool = arg(False, help="record on held-out maps (paper, named, random seeds < 100000) or "
+                                          "weathers (sim/split.py) all the same: the data is then no training data "
+                                          "for a held-out evaluation")
     resume: bool = arg(False, help="continue an interrupted recording in OUT")
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {self.workers}")
+        if self.workers > 1 and self.backend != "embedded":
+            raise UsageError("--workers > 1 needs --backend embedded (one CARLA server serves one client)")
+        if not self.routes and self.backend == "carla":
+            raise UsageError("--backend carla needs --routes: start:end spawn-point pairs of the map, e.g. 10:42 "
+                             "(the paper's routes are held out for evaluation)")
+        self.routes = self.routes or DEFAULT_TRAINING_ROUTES
         width, height = parse_resolution(self.res)
         if self.dt <= 0:
             raise UsageError(f"--dt must be positive, got {self.dt}")
@@ -86,13 +109,12 @@ class Args:
             camera=CameraConfig(width=width, height=height, fov_deg=self.fov), dt_s=self.dt,
             codec=ImageCodec(self.image_format, self.jpeg_quality, self.png_compression), noise=noise,
             max_frames=self.max_frames, town=(self.town or None) if self.backend == "carla" else None,
-            driver=DriverConfig(self.driver, self.checkpoint, self.correction))
+            driver=DriverConfig(self.driver, self.checkpoint, self.correction), schedule=self.schedule,
+            allow_heldout=self.allow_heldout)
         self.make_sim = SimulatorFactory()
         if self.backend == "carla":
             self.make_sim = SimulatorFactory({"host": self.host, "port": self.port, "tm_port": self.tm_port,
                                               "timeout_s": self.timeout})
-        if self.workers < 1:
-            raise UsageError(f"--workers must be at least 1, got {self.workers}")
 
 
 def run(args: Args) -> int:

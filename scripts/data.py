@@ -23,8 +23,10 @@ import numpy as np
 
 from scripts.args import OneLineParser, arg, build_parser
 from sim.errors import UsageError
+from sim.split import heldout_conditions
+from sim.types import RoadOption
 from training.collect import read_config
-from training.data_options import LABEL_KEY, NOISE_KEY, LabelOptions, steering_histogram
+from training.data_options import COMMAND_KEY, LABEL_KEY, NOISE_KEY, LabelOptions, steering_histogram
 from training.episode_file import IMAGE_KEY, DatasetIndex, check_dataset
 
 DESCRIPTION = "Inspect (info) or validate (check) a recorded dataset."
@@ -77,6 +79,8 @@ def run(parsed: tuple[str, str, Any]) -> int:
     return info(directory, args) if action == "info" else check(directory, args)
 
 
+MAX_LISTED = 12  # routes or weathers listed by name in the summary
+
 # -- info --------------------------------------------------------------------------------------------------
 def dataset_info(directory: str, options: LabelOptions) -> dict[str, Any]:
     """The numbers ``caril data info`` prints."""
@@ -105,10 +109,21 @@ def dataset_info(directory: str, options: LabelOptions) -> dict[str, Any]:
         "software_version": index.manifest.get("software_version"),
         "terminations": dict(Counter(e["termination"] for e in entries)),
         "per_route": per_route, "per_weather": per_weather,
+        "heldout": heldout_conditions(list(per_route), list(per_weather),
+                                      first.get("backend") or read_config(directory).get("backend") or "embedded"),
+        "commands": command_counts(index) if frames else {},
         "steer": {"min": float(steer.min()) if frames else 0.0, "max": float(steer.max()) if frames else 0.0,
                   "mean_abs": float(np.abs(steer).mean()) if frames else 0.0},
         "steering_histogram": steering_histogram(steer, options),
     }
+
+
+def command_counts(index: DatasetIndex) -> dict[str, int]:
+    """Frames per route command (``LANEFOLLOW``, ``LEFT``, ...); empty for data recorded without commands."""
+    if COMMAND_KEY not in index.features:
+        return {}
+    counts = Counter(int(c) for c in np.asarray(index.column(COMMAND_KEY)).reshape(-1))
+    return {RoadOption(c).name: counts[c] for c in sorted(counts)}
 
 
 def plot_histogram(hist: dict[str, Any], path: Path, title: str) -> None:
@@ -158,10 +173,18 @@ def format_info(d: dict[str, Any]) -> str:
              f"{d['bytes_per_frame'] / 1e3:.1f} kB per frame",
              f"  noise        active on {100 * d['noise_fraction']:.1f}% of frames",
              "  terminations " + ", ".join(f"{k} {v}" for k, v in sorted(d["terminations"].items()))]
+    held = d.get("heldout", [])
+    lines.append("  held out     " + (f"{', '.join(held[:6])}{' ...' if len(held) > 6 else ''}: recorded on "
+                                      "held-out conditions, no training data for a held-out evaluation" if held
+                                      else "none: training maps and weathers only (sim/split.py)"))
+    if d.get("commands"):
+        lines.append("  commands     " + ", ".join(f"{k} {v:,}" for k, v in d["commands"].items()) + " frames")
     for title, table in (("routes", d["per_route"]), ("weathers", d["per_weather"])):
-        lines.append(f"  {title}:")
+        shown = list(table.items())
+        lines.append(f"  {title}:" + (f" {len(shown)}, the first {MAX_LISTED} listed (--json has all)"
+                                      if len(shown) > MAX_LISTED else ""))
         lines += [f"    {name:16s} {row['episodes']:5d} episodes {row['frames']:9,d} frames"
-                  for name, row in table.items()]
+                  for name, row in shown[:MAX_LISTED]]
     hist = d["steering_histogram"]
     lines.append(f"  steering bins (|steer| <= {hist['steer_limit']}, x{hist['steer_scale']:g}; "
                  f"{hist['filtered_out']:,} frames filtered out):")

@@ -33,6 +33,7 @@ from sim.types import CameraConfig, check_spawn_noise, parse_resolution
 from sim.weather import parse_weathers
 from training.episode_file import write_json_atomic
 from training.evaluation import Campaign, PolicyFactory, SimFactory, plan_episodes, read_results
+from training.generalization import trained_conditions
 from training.report import write_report
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,20 @@ def resume_mismatch(args: Args, trust_legacy: bool = True, settings: dict | None
     return None
 
 
+def training_conditions_note(args: Args) -> str:
+    """A line naming the evaluated routes and weathers the checkpoint was trained on ('' when none or unknown):
+    results there are measured on training conditions, and the report's generalization section says so too."""
+    trained = trained_conditions({"checkpoint": args.checkpoint}) if args.policy == "caril" else None
+    if trained is None:
+        return ""
+    seen = [r for r in args.route_names if r in trained["routes"]] + [
+        w for w in args.weather_names if w in trained["weathers"]]
+    if not seen:
+        return ""
+    return (f"note: the checkpoint was trained on {', '.join(seen)}: results there are measured on training "
+            "conditions (held-out maps: --routes heldout; held-out weathers: --weathers heldout)")
+
+
 def run(args: Args) -> int:
     out = Path(args.out)
     settings = result_settings(args)  # once: it hashes the checkpoint's files
@@ -215,6 +230,8 @@ def run(args: Args) -> int:
     write_json_atomic(out / "config.json", config)
     specs = plan_episodes(args.route_names, args.weather_names, args.trials, args.seed, args.policy,
                           args.correction_names)
+    if note := training_conditions_note(args):
+        print(note, flush=True)
     todo = campaign.pending(specs, args.resume)
     counts = {"goal": 0, "failed": 0}
     with tqdm(total=len(specs), initial=len(specs) - len(todo), desc="episodes", unit="ep") as bar:

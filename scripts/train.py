@@ -68,6 +68,11 @@ class Args:
     drop_noisy: bool = arg(False, help="leave out frames recorded while steering noise was active")
     flip: float = arg(0.5, help="probability of a horizontal flip (steer negated, class mirrored)")
     jitter: float = arg(0.2, help="brightness, contrast and saturation jitter strength (0: off)")
+    brightness: float = arg(-1.0, help="brightness jitter alone, a factor in [1 - b, 1 + b] (-1: --jitter)")
+    colour: float = arg(0.0, help="colour cast: a gain per RGB channel in [1 - c, 1 + c] (0: off)")
+    haze: float = arg(0.0, help="blend towards a uniform grey by up to this weight, as fog (0: off)")
+    blur: float = arg(0.0, help="probability of a Gaussian blur (0: off)")
+    blur_sigma: float = arg(1.5, help="largest blur sigma, pixels of the network input")
     balanced_sampling: bool = arg(False, help="draw every steering class equally often")
     workers: int = arg(2, help="DataLoader worker processes per training process")
     prefetch: int = arg(4, help="batches each worker prepares ahead")
@@ -113,8 +118,9 @@ def build_config(a: Args) -> TrainConfig:
     return TrainConfig(
         data=a.data, out=a.out, network=net, preprocess=preprocess,
         loss=LossConfig(regression=a.loss, w_regression=a.w_regression, w_classification=a.w_classification),
-        labels=labels, augment=AugmentConfig(flip_prob=a.flip, brightness=a.jitter, contrast=a.jitter,
-                                             saturation=a.jitter),
+        labels=labels, augment=AugmentConfig(
+            flip_prob=a.flip, brightness=a.jitter if a.brightness < 0 else a.brightness, contrast=a.jitter,
+            saturation=a.jitter, colour=a.colour, haze=a.haze, blur_prob=a.blur, blur_sigma=a.blur_sigma),
         epochs=a.epochs or base.epochs, batch_size=a.batch_size or base.batch_size, lr=a.lr or base.lr,
         min_lr=None if a.min_lr < 0 else a.min_lr, warmup_fraction=a.warmup, weight_decay=a.weight_decay,
         grad_clip=a.grad_clip, val_fraction=a.val_fraction, patience=a.patience or base.patience,

@@ -14,8 +14,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from sim.errors import UnknownNameError, unknown_name
+from sim.errors import UnknownNameError, UsageError, unknown_name
 from sim.roadnet import LANE_WIDTH_M, NetworkBuilder, RoadNetwork
+from sim.split import HELDOUT_MINI_SUITE, HELDOUT_SUITE
 from sim.types import LaneFrame, RoadOption
 
 COMMAND_LOOKAHEAD_M = 20.0  # a junction's command starts this far before its entry (metres along the route)
@@ -171,7 +172,10 @@ NAMED_ROUTES: dict[str, RouteSpec] = {s.name: s for s in (
 ROUTE_SUITES: dict[str, tuple[str, ...]] = {
     "paper": ("straight", "one-turn", "two-turn"),
     "named": tuple(NAMED_ROUTES),
+    "heldout": HELDOUT_SUITE,  # generated maps never recorded for training (sim/split.py)
+    "heldout-mini": HELDOUT_MINI_SUITE,
 }
+MAX_RANGE_MAPS = 10_000  # random:<a>-<b> names at most this many maps
 
 
 def random_pieces(seed: int) -> tuple[tuple, ...]:
@@ -274,18 +278,37 @@ def route_names() -> list[str]:
     return [*NAMED_ROUTES, *ROUTE_SUITES]
 
 
+def expand_map_range(item: str) -> tuple[str, ...]:
+    """``random:<a>-<b>`` -> the generated maps ``random:a`` .. ``random:b`` (inclusive); any other name as is."""
+    if not item.startswith("random:") or "-" not in item[7:]:
+        return (item,)
+    lo, _, hi = item[7:].partition("-")
+    try:
+        a, b = int(lo), int(hi)
+    except ValueError:
+        raise UsageError(f"route range {item!r}: write random:<first>-<last> with whole seeds, e.g. "
+                         "random:100000-100099") from None
+    if a < 0 or b < a or b - a + 1 > MAX_RANGE_MAPS:
+        raise UsageError(f"route range {item!r}: the seeds must satisfy 0 <= first <= last and name at most "
+                         f"{MAX_RANGE_MAPS} maps")
+    return tuple(f"random:{s}" for s in range(a, b + 1))
+
+
 def parse_routes(spec: str) -> list[str]:
-    """Expand a comma-separated list of route and suite names (``paper``, ``named``) into route names."""
+    """Expand a comma-separated list of route and suite names (``paper``, ``named``, ``heldout``) and map ranges
+    (``random:100000-100095``) into route names."""
     names: list[str] = []
+    seen: set[str] = set()
     for item in (p.strip() for p in spec.split(",") if p.strip()):
-        expanded = ROUTE_SUITES.get(item, (item,))
+        expanded = ROUTE_SUITES.get(item) or expand_map_range(item)
         for name in expanded:
             try:
                 get_route(name)
             except UnknownNameError as e:  # here suites are valid too: say so
                 raise UnknownNameError(f"{e.args[0]} Suites: {', '.join(ROUTE_SUITES)}.") from None
-            if name not in names:
+            if name not in seen:
                 names.append(name)
+                seen.add(name)
     if not names:
         raise unknown_name("route", spec, route_names())
     return names

@@ -61,7 +61,12 @@ def get_weather(name: str) -> Weather:
 
 
 def parse_weathers(spec: str) -> list[Weather]:
-    """Parse a comma-separated list of preset names, or ``all``."""
-    if spec.strip() == "all":
-        return list(WEATHERS.values())
-    return [get_weather(n.strip()) for n in spec.split(",") if n.strip()]
+    """Parse a comma-separated list of preset names and groups: ``all``, ``train`` (the weathers training data
+    may be recorded in) and ``heldout`` (those it never is; see :mod:`sim.split`)."""
+    from sim.split import HELDOUT_WEATHERS, TRAIN_WEATHERS
+
+    groups = {"all": tuple(WEATHERS), "train": TRAIN_WEATHERS, "heldout": HELDOUT_WEATHERS}
+    names: list[str] = []
+    for item in (n.strip() for n in spec.split(",") if n.strip()):
+        names += [n for n in groups.get(item, (item,)) if n not in names]
+    return [get_weather(n) for n in names]

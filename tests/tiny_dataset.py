@@ -9,7 +9,7 @@ from training.noise import NoiseConfig
 def record(root, episodes=3, width=64, height=64, frames=60, seed=1):
     """Record ``episodes`` expert episodes of at most ``frames`` frames into ``root``; returns ``root``."""
     noise = NoiseConfig(active_fraction=0.5, amplitude=0.3, min_duration_s=0.3, max_duration_s=0.8)
-    config = CollectConfig(routes=("curves", "s-curve", "two-turn"), episodes=episodes, seed=seed,
+    config = CollectConfig(routes=("curves", "s-curve", "two-turn"), episodes=episodes, seed=seed, allow_heldout=True,
                            camera=CameraConfig(width=width, height=height), max_frames=frames, noise=noise)
     job = CollectJob(config, root)
     job.run(job.prepare())

@@ -2,7 +2,7 @@
 
 ::
 
-    config = CollectConfig(routes=("straight", "one-turn"), weathers=("ClearNoon",), episodes=20, seed=0)
+    config = CollectConfig(routes=("random:100000", "random:100001"), weathers=("ClearNoon",), episodes=20, seed=0)
     job = CollectJob(config, "data/demo", workers=4)
     pending = job.prepare(resume=False)        # validates the folder, writes config.json and the manifest
     job.run(pending, on_frames=..., on_episode=...)   # callbacks for progress bars
@@ -39,6 +39,7 @@ from sim.episode import EpisodeLimits
 from sim.errors import CarilError, UsageError
 from sim.routes import get_route
 from sim.simulator import Simulator
+from sim.split import check_training_conditions
 from sim.types import DEFAULT_DT_S, CameraConfig, check_step
 from sim.weather import get_weather
 from training.dagger import DriverConfig, ExpertLabelled, learner
@@ -66,7 +67,8 @@ from training.rollout import run_episode
 
 log = logging.getLogger(__name__)
 
-RESUMABLE_CHANGES = ("episodes",)  # config keys a resume may change (more episodes extend the plan)
+RESUMABLE_CHANGES = ("episodes", "allow_heldout")  # config keys a resume may change (more episodes extend the plan)
+SCHEDULES = ("grid", "interleave")  # how episodes pair routes with weathers (plan_episodes)
 RUN_KEYS = ("workers", "software_version", "format_version")  # written to config.json, not part of the data
 
 
@@ -74,7 +76,7 @@ RUN_KEYS = ("workers", "software_version", "format_version")  # written to confi
 class CollectConfig:
     """Everything that determines a recorded dataset. Times in seconds; ``max_frames`` 0 means no cap."""
 
-    routes: tuple[str, ...] = ("straight", "one-turn", "two-turn")
+    routes: tuple[str, ...] = ("random:100000", "random:100001", "random:100002")  # training maps (sim/split.py)
     weathers: tuple[str, ...] = ("ClearNoon",)
     episodes: int = 10
     seed: int = 0
@@ -88,6 +90,8 @@ class CollectConfig:
     limits: EpisodeLimits = field(default_factory=EpisodeLimits)
     town: str | None = None  # CARLA map to load (None: the backend's default); unused by the embedded backend
     driver: DriverConfig = field(default_factory=DriverConfig)  # who drives while the expert labels
+    schedule: str = "grid"  # grid: routes inner, weathers outer; interleave: the weather changes every episode
+    allow_heldout: bool = False  # record on held-out maps or weathers (sim/split.py) all the same
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "routes", tuple(self.routes))
@@ -112,6 +116,9 @@ class CollectConfig:
                 get_route(name)
         for name in self.weathers:
             get_weather(name)
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        check_training_conditions(self.routes, self.weathers, self.allow_heldout, self.backend)
 
     @property
     def fps(self) -> float:
@@ -119,10 +126,14 @@ class CollectConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready nested dict (tuples as lists). ``driver`` only when it is not the expert, so datasets
-        recorded before drivers existed keep their config (and stay resumable)."""
+        recorded before drivers existed keep their config (and stay resumable); likewise ``schedule`` and
+        ``allow_heldout`` at their defaults."""
         out = json.loads(json.dumps(asdict(self)))
         if self.driver.is_expert:
             del out["driver"]
+        for key, default in (("schedule", "grid"), ("allow_heldout", False)):  # as datasets before them
+            if out[key] == default:
+                del out[key]
         return out
 
     def episode_limits(self) -> EpisodeLimits:
@@ -159,10 +170,17 @@ def episode_seed(seed: int, index: int) -> int:
 
 
 def plan_episodes(config: CollectConfig) -> list[EpisodePlan]:
-    """Every episode of the job, cycling over routes (inner) and weathers (outer)."""
+    """Every episode of the job, cycling over routes (inner). Schedule ``grid``: the weather changes after each
+    pass over the routes (every route in every weather once ``episodes`` reaches routes x weathers);
+    ``interleave``: it changes every episode, shifted by one per pass (many maps, each in another weather)."""
     n_routes, n_weathers = len(config.routes), len(config.weathers)
-    return [EpisodePlan(i, config.routes[i % n_routes], config.weathers[(i // n_routes) % n_weathers],
-                        episode_seed(config.seed, i)) for i in range(config.episodes)]
+
+    def weather(i: int) -> str:
+        k = i // n_routes if config.schedule == "grid" else i + i // n_routes
+        return config.weathers[k % n_weathers]
+
+    return [EpisodePlan(i, config.routes[i % n_routes], weather(i), episode_seed(config.seed, i))
+            for i in range(config.episodes)]
 
 
 @dataclass(frozen=True)

@@ -45,25 +45,45 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training-time augmentation. ``flip_prob``: chance of a horizontal flip (steer negated, class mirrored);
-    ``brightness``, ``contrast``, ``saturation``: a factor drawn uniformly in [1 - s, 1 + s] (0 disables)."""
+    """Training-time augmentation, drawn per sample; evaluation never augments.
+
+    ``flip_prob``: chance of a horizontal flip (steer negated, class and command mirrored). Photometric, each
+    off at 0: ``brightness``, ``contrast``, ``saturation``: a factor drawn uniformly in [1 - s, 1 + s];
+    ``colour``: a gain per RGB channel in [1 - c, 1 + c] (a warm or cold cast, as a low sun gives); ``haze``:
+    the image blended towards a uniform grey by a weight in [0, h] (fog, rain); ``blur_prob``: chance of a
+    Gaussian blur whose sigma is drawn in [0.3, ``blur_sigma``] pixels of the network input (rain, defocus).
+    """
 
     flip_prob: float = 0.5
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.2
+    colour: float = 0.0
+    haze: float = 0.0
+    blur_prob: float = 0.0
+    blur_sigma: float = 1.5
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.flip_prob <= 1.0:
-            raise UsageError(f"flip probability {self.flip_prob} must be in [0, 1] (0.5 flips half the samples)")
-        for name in ("brightness", "contrast", "saturation"):
+        for name in ("flip_prob", "blur_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UsageError(f"{name.replace('_prob', '')} probability {getattr(self, name)} must be in [0, 1] "
+                                 "(0.5 augments half the samples)")
+        for name in ("brightness", "contrast", "saturation", "colour", "haze"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise UsageError(f"{name} jitter {value} must be in [0, 1) (a factor in [1 - s, 1 + s]), e.g. 0.2")
+        if not 0.3 <= self.blur_sigma <= 10.0:
+            raise UsageError(f"blur sigma {self.blur_sigma} must be in [0.3, 10] pixels, e.g. 1.5")
 
     @property
     def jitter(self) -> bool:
+        """Whether brightness, contrast or saturation are jittered."""
         return bool(self.brightness or self.contrast or self.saturation)
+
+    @property
+    def photometric(self) -> bool:
+        """Whether any photometric augmentation is on."""
+        return self.jitter or bool(self.colour or self.haze or self.blur_prob)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +102,34 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig
     grey = x @ _GREY
     x = (x - grey[..., None]) * np.float32(s) + grey[..., None]  # saturation: away from / towards grey
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def colour_cast(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """A gain per RGB channel, each uniform in [1 - strength, 1 + strength], on an (h, w, 3) uint8 image."""
+    gains = rng.uniform(1.0 - strength, 1.0 + strength, size=3).astype(np.float32)
+    return np.clip(np.rint(image.astype(np.float32) * gains), 0, 255).astype(np.uint8)
+
+
+def add_haze(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Blend towards a uniform grey (level uniform in [100, 200] of 255) by a weight uniform in [0, strength]."""
+    weight, level = rng.uniform(0.0, strength), rng.uniform(100.0, 200.0)
+    x = image.astype(np.float32) * np.float32(1.0 - weight) + np.float32(weight * level)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Every photometric augmentation of ``cfg`` on an (h, w, 3) uint8 image, in a fixed order with draws from
+    ``rng`` only for those that are on (so a config without the later ones draws as before they existed)."""
+    if cfg.jitter:
+        image = color_jitter(image, rng, cfg)
+    if cfg.colour:
+        image = colour_cast(image, rng, cfg.colour)
+    if cfg.haze:
+        image = add_haze(image, rng, cfg.haze)
+    if cfg.blur_prob and rng.random() < cfg.blur_prob:
+        sigma = rng.uniform(0.3, cfg.blur_sigma)
+        image = cv2.GaussianBlur(np.ascontiguousarray(image), (0, 0), sigmaX=sigma, sigmaY=sigma)
+    return image
 
 
 # --- opening and splitting ----------------------------------------------------------------------------------
@@ -225,7 +273,7 @@ class DrivingDataset(Dataset):
         if augment is not None and augment.flip_prob > 0 and not bins.is_symmetric:
             raise UsageError("flip augmentation needs symmetric steering bins (low == -high)")
         self.index, self.frames, self.preprocess, self.bins = index, frames, preprocess, bins
-        self.augment = augment if augment is not None and (augment.flip_prob > 0 or augment.jitter) else None
+        self.augment = augment if augment is not None and (augment.flip_prob > 0 or augment.photometric) else None
         self.seed = seed
         self.frame_shape = tuple(index.features[IMAGE_KEY].shape)
 
@@ -260,8 +308,7 @@ class DrivingDataset(Dataset):
                 steer, command = -steer, command.mirrored
                 label = int(self.bins.index(steer))  # not mirror(label): a value on a bin edge (0 with an even
                 # number of bins) belongs to the bin above it on both sides
-            if self.augment.jitter:
-                image = color_jitter(image, rng, self.augment)
+            image = photometric(image, rng, self.augment)
         return {"image": torch.from_numpy(np.ascontiguousarray(image)),
                 "steer": torch.tensor(steer, dtype=torch.float32), "bin": torch.tensor(label, dtype=torch.int64),
                 "command": torch.tensor(int(command), dtype=torch.int64),

@@ -47,6 +47,8 @@ from sim.errors import CarilError
 from sim.metrics import lane_deviation
 from sim.routes import get_route
 from training.evaluation import METRIC_COLUMNS, EpisodeSpec, read_results
+from training.generalization import markdown as generalization_markdown
+from training.generalization import plot_generalization, summarise_generalization
 from training.head_errors import markdown as heads_markdown
 from training.head_errors import plot_head_errors, pooled_ticks, summarise_heads
 from training.stats import relative_change, summarise
@@ -132,7 +134,9 @@ def summarise_campaign(out_dir: Path, rows: list[dict[str, str]], reference_corr
     return {"reference_correction": reference_correction, "seed": seed, "n_resamples": n_resamples,
             "confidence": confidence, "metrics": list(METRICS), "labels": labels + ([EXPERT] if expert else []),
             "routes": routes, "weathers": weathers, "n_episodes": len(rows), "config": _read_config(out_dir),
-            "groups": groups, "heads": summarise_heads(out_dir, members, episode_key)}
+            "groups": groups, "heads": summarise_heads(out_dir, members, episode_key),
+            "generalization": summarise_generalization(rows, _read_config(out_dir), seed, n_resamples=n_resamples,
+                                                       confidence=confidence) if len(weathers) > 1 else {}}
 
 
 def group_members(rows: list[dict]) -> dict[str, list[dict]]:
@@ -356,6 +360,7 @@ def render_markdown(summary: dict) -> str:
                      f"{_md_all_metrics(entries, summary)}\n\n</details>")
     parts += [_md_significant(summary), _md_rules(summary), heads_markdown(summary.get("heads", {}), group_title,
                                                                        _overall_and_weathers(summary)),
+              generalization_markdown(summary.get("generalization", {}), summary["confidence"]),
               _md_plots(summary["plots"])]
     return "\n\n".join(p for p in parts if p) + "\n"
 
@@ -459,6 +464,8 @@ def _md_plots(plots: dict) -> str:
         lines.append(f"![trajectories on {route}]({path})")
     for route, path in plots.get("lateral_offset", {}).items():
         lines.append(f"![lateral offset along {route}]({path})")
+    if plots.get("generalization"):
+        lines.append(f"![completion and lane deviation per weather and map kind]({plots['generalization']})")
     if plots.get("head_errors"):
         lines.append(f"![the two heads' errors against the expert's steer, per tick]({plots['head_errors']})")
     if plots.get("confidence"):
@@ -498,6 +505,8 @@ def write_plots(out_dir: Path, rows: list[dict[str, str]], summary: dict, episod
         ticks = pooled_ticks(out_dir, [r for r in rows if r["label"] == ref], episode_key)
         out["head_errors"] = _save(plot_head_errors(ticks, ref), plot_dir / "head_errors.png", out_dir) \
             if len(ticks) > 2 else None
+        out["generalization"] = _save(plot_generalization(summary["generalization"], colours),
+                                      plot_dir / "generalization.png", out_dir) if summary["generalization"] else None
     return out
 
 
@@ -702,5 +711,5 @@ def _save(fig: Figure, path: Path, root: Path) -> str:
 
 def _plot_paths(plots: dict) -> list[str]:
     paths = [*plots.get("trajectories", {}).values(), *plots.get("lateral_offset", {}).values(),
-             plots.get("confidence"), plots.get("metrics_overall")]
+             plots.get("confidence"), plots.get("metrics_overall"), plots.get("generalization")]
     return [p for p in paths if p]

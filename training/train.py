@@ -259,6 +259,14 @@ class Data:
     val_loader: torch.utils.data.DataLoader
     train_sampler: TrainSampler
     steps_per_epoch: int
+    conditions: dict[str, list[str]] = field(default_factory=dict)  # the dataset's routes and weathers
+
+
+def recorded_conditions(entries: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The routes and weathers a dataset's episodes were recorded on (manifest entries), in first-seen order:
+    stored with every checkpoint, so an evaluation can tell conditions it was trained on from held-out ones."""
+    return {"routes": list(dict.fromkeys(e.get("route", "") for e in entries)),
+            "weathers": list(dict.fromkeys(e.get("weather", "") for e in entries))}
 
 
 def build_data(cfg: TrainConfig, world: Dist) -> Data:
@@ -284,7 +292,7 @@ def build_data(cfg: TrainConfig, world: Dist) -> Data:
                                drop_last, cfg.seed)
     val_loader = make_loader(val_set, ShardSampler(len(val_set), world.rank, world.world_size), cfg.batch_size,
                              cfg.workers, cfg.prefetch_factor, pin, False, cfg.seed)
-    return Data(split, train_loader, val_loader, sampler, len(train_loader))
+    return Data(split, train_loader, val_loader, sampler, len(train_loader), recorded_conditions(index.entries))
 
 
 def build_model(cfg: TrainConfig, device: torch.device) -> DualHeadNet:
@@ -552,7 +560,8 @@ def save_epoch(loop: Loop, metrics: dict[str, Any], improved: bool, pred: dict[s
     cfg, state = loop.cfg, loop.state
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     meta = {"epoch": state.epoch, "step": state.step, "metrics": scalars, "labels": cfg.labels.to_dict(),
-            "augment": cfg.augment.to_dict(), "data": str(cfg.data), "world_size": loop.world.world_size,
+            "augment": cfg.augment.to_dict(), "data": str(cfg.data), "trained_on": loop.data.conditions,
+            "world_size": loop.world.world_size,
             "written_by_rank": loop.world.rank, "software_version": software_version()}
     kwargs = {"loss_cfg": cfg.loss, "temperature": metrics["temperature"], "steer_scale": cfg.labels.steer_scale}
     if improved:  # best/ first: a kill before last/ is saved re-runs this epoch, which rewrites best/ alike

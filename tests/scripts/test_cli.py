@@ -188,3 +188,23 @@ def test_carla_connection_defaults_come_from_the_environment(tmp_path, command):
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "argument --port: invalid int value: 'two-thousand'" in lines[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_evaluate_says_when_a_campaign_includes_the_checkpoints_training_conditions(tmp_path):
+    from types import SimpleNamespace
+
+    from scripts.evaluate import training_conditions_note
+    from tests.tiny_checkpoint import save_tiny_checkpoint
+
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", extra={"trained_on": {"routes": ["random:100004"],
+                                                                         "weathers": ["ClearNoon", "WetNoon"]}})
+    args = SimpleNamespace(policy="caril", checkpoint=str(ckpt), route_names=["random:2", "random:100004"],
+                           weather_names=["ClearNoon", "ClearSunset"])
+    assert training_conditions_note(args) == (
+        "note: the checkpoint was trained on random:100004, ClearNoon: results there are measured on training "
+        "conditions (held-out maps: --routes heldout; held-out weathers: --weathers heldout)")
+    args.route_names, args.weather_names = ["random:2"], ["ClearSunset"]
+    assert training_conditions_note(args) == ""  # held-out only: nothing to say
+    old = save_tiny_checkpoint(tmp_path / "old")  # no record of its data
+    assert training_conditions_note(SimpleNamespace(policy="caril", checkpoint=str(old), route_names=["straight"],
+                                                    weather_names=["ClearNoon"])) == ""

@@ -12,7 +12,8 @@ import pytest
 
 from training.episode_file import EpisodeReader, check_dataset, read_manifest
 
-TINY = ["--res", "32x24", "--routes", "straight,one-turn", "--max-frames", "20", "--image-format", "png"]
+TINY = ["--res", "32x24", "--routes", "straight,one-turn", "--allow-heldout", "--max-frames", "20", "--image-format",
+        "png"]
 
 
 def caril(*args, cwd=None):
@@ -52,6 +53,11 @@ def test_data_info_summarises_and_plots(dataset, tmp_path):
     assert len(hist["counts"]) == 11 and sum(hist["counts"]) + hist["filtered_out"] == 60
     assert (tmp_path / "hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "3 of 3 planned" in r.stdout and "noise        active on" in r.stdout
+    assert info["heldout"] == ["straight", "one-turn"]  # recorded with --allow-heldout: it says so
+    assert "held out     straight, one-turn: recorded on held-out conditions" in r.stdout
+    assert sum(info["commands"].values()) == 60 and set(info["commands"]) <= {"LEFT", "RIGHT", "STRAIGHT",
+                                                                               "LANEFOLLOW"}
+    assert json.loads((dataset / "config.json").read_text())["allow_heldout"] is True
 
 
 def test_data_check_names_corrupt_and_truncated_files_and_exits_non_zero(dataset, tmp_path):
@@ -74,6 +80,7 @@ def test_data_check_names_corrupt_and_truncated_files_and_exits_non_zero(dataset
 def test_sigkill_mid_episode_keeps_finished_episodes_and_resume_completes_the_job(tmp_path):
     out = tmp_path / "data"
     args = ["collect", "--out", str(out), "--episodes", "3", "--seed", "1", "--res", "32x24", "--routes", "mixed",
+            "--allow-heldout",
             "--max-frames", "600", "--image-format", "png"]
     proc = subprocess.Popen([sys.executable, "-m", "scripts.cli", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -111,6 +118,9 @@ def test_sigkill_mid_episode_keeps_finished_episodes_and_resume_completes_the_jo
     (["collect", "--out", "x", "--noise-fraction", "1.5"], "noise active fraction 1.5 is outside [0, 1)"),
     (["collect", "--out", "x", "--workers", "2", "--backend", "carla"], "--workers > 1 needs --backend embedded"),
     (["collect", "--out", "x", "--image-format", "gif"], "argument --image-format: invalid choice: 'gif'"),
+    (["collect", "--out", "x", "--routes", "paper"], "straight, one-turn, two-turn are held out for evaluation"),
+    (["collect", "--out", "x", "--routes", "random:100000,random:99999"], "random:99999 is held out for evaluation"),
+    (["collect", "--out", "x", "--weathers", "ClearNoon,HardRainNoon"], "HardRainNoon is held out for evaluation"),
     (["data", "info", "x"], "dataset folder x does not exist"),
     (["data", "check"], "the following arguments are required: dir"),
     (["data", "show", "x"], "name an action first: one of info, check"),
@@ -118,6 +128,7 @@ def test_sigkill_mid_episode_keeps_finished_episodes_and_resume_completes_the_jo
 def test_bad_input_is_one_line_and_non_zero(tmp_path, args, message):
     r = caril(*args, cwd=tmp_path)
     assert r.returncode != 0
+    assert not (tmp_path / "x").exists()  # refused before anything is written
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert message in lines[0]

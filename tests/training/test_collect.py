@@ -30,7 +30,7 @@ CAMERA = CameraConfig(width=32, height=24)
 
 def tiny(**overrides):
     base = dict(routes=("straight", "one-turn"), weathers=("ClearNoon",), episodes=3, seed=11, camera=CAMERA,
-                max_frames=30, codec=ImageCodec("png"))
+                max_frames=30, codec=ImageCodec("png"), allow_heldout=True)
     return CollectConfig(**{**base, **overrides})
 
 
@@ -45,7 +45,8 @@ def columns(index):
 
 
 def test_plan_cycles_routes_then_weathers_with_derived_seeds():
-    config = CollectConfig(routes=("straight", "one-turn"), weathers=("ClearNoon", "WetNoon"), episodes=5, seed=3)
+    config = CollectConfig(routes=("straight", "one-turn"), weathers=("ClearNoon", "WetNoon"), episodes=5, seed=3,
+                           allow_heldout=True)
     plans = plan_episodes(config)
     assert [(p.route, p.weather) for p in plans] == [
         ("straight", "ClearNoon"), ("one-turn", "ClearNoon"), ("straight", "WetNoon"), ("one-turn", "WetNoon"),
@@ -53,10 +54,16 @@ def test_plan_cycles_routes_then_weathers_with_derived_seeds():
     assert [p.seed for p in plans] == [episode_seed(3, i) for i in range(5)]
     assert len({p.seed for p in plans}) == 5
     assert (episode_seed(0, 0), episode_seed(0, 1)) == (2968811710, 3964924996)  # stable across versions
+    many = CollectConfig(routes=tuple(f"random:{100000 + i}" for i in range(4)), weathers=("ClearNoon", "WetNoon",
+                         "CloudyNoon"), episodes=8, schedule="interleave")
+    assert [(p.route[-1], p.weather) for p in plan_episodes(many)] == [
+        ("0", "ClearNoon"), ("1", "WetNoon"), ("2", "CloudyNoon"), ("3", "ClearNoon"),
+        ("0", "CloudyNoon"), ("1", "ClearNoon"), ("2", "WetNoon"), ("3", "CloudyNoon")]  # shifted on the 2nd pass
+    assert "schedule" in many.to_dict() and "schedule" not in config.to_dict()  # old configs stay as they were
     with pytest.raises(CarilError, match="--episodes must be at least 1, got 0"):
         CollectConfig(episodes=0)
     with pytest.raises(CarilError, match="unknown route 'moon'"):
-        CollectConfig(routes=("moon",))
+        CollectConfig(routes=("moon",), allow_heldout=True)
 
 
 def test_recorded_data_is_what_was_seen_and_given_in_a_replay(tmp_path):

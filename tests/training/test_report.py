@@ -325,3 +325,48 @@ def test_a_campaign_in_several_weathers_gets_a_group_per_weather(tmp_path, const
                 assert (got["mean"], got["low"], got["high"]) == (mean, low, high), (name, label, metric)
     md = (root / "report.md").read_text()
     assert list(markdown_table(md, "Weather `HardRainNoon`")) == ["regression", "caril"]
+
+
+def _generalization_rows():
+    """regression on a held-out map and a paper route, in a seen and an unseen weather, trials 0-3."""
+    col = RESULT_COLUMNS.index
+    rows = []
+    for route, weather, completions in (("random:2", "ClearNoon", [1.0, 1.0, 0.9, 1.0]),
+                                        ("random:2", "ClearSunset", [0.5, 0.7, 0.6, 1.0]),
+                                        ("one-turn", "ClearNoon", [1.0, 1.0, 1.0, 1.0]),
+                                        ("one-turn", "ClearSunset", [0.8, 1.0, 0.4, 0.9])):
+        for k, c in enumerate(completions):
+            r = row(route, "regression", k, 1.0, 0.1 + 0.01 * k, c, "goal" if c == 1.0 else "off_route")
+            r[col("weather")] = weather
+            rows.append(r)
+    return rows
+
+
+def test_generalization_section_splits_seen_from_unseen_by_the_checkpoints_record(tmp_path):
+    net_cfg = NetworkConfig(n_bins=5, trunk=(16,), head_hidden=8)
+    ckpt = save_checkpoint(tmp_path / "ckpt", DualHeadNet(net_cfg), net_cfg, PreprocessConfig(), SteeringBins(5),
+                           {"trained_on": {"routes": ["one-turn"], "weathers": ["ClearNoon"]}})
+    root = tmp_path / "eval"
+    root.mkdir()
+    rows = _generalization_rows()
+    write_table(root / "results.csv", RESULT_COLUMNS, rows)
+    (root / "config.json").write_text(json.dumps({"checkpoint": str(ckpt)}))
+    summary = write_report(root, seed=3, n_resamples=N_RESAMPLES)
+    gen = summary["generalization"]
+    assert gen["seen_from"] == "checkpoint"
+    assert gen["weathers"] == {"ClearNoon": True, "ClearSunset": False}
+    assert gen["map_kinds"] == {"random:2": "generated, held out", "one-turn": "training map"}
+    completion = RESULT_COLUMNS.index("route_completion")
+    unseen = [float(r[completion]) for r in rows if r[RESULT_COLUMNS.index("weather")] == "ClearSunset"]
+    got = gen["by"]["seen"]["regression"]["unseen"]
+    assert got["n"] == 8
+    assert (got["route_completion"]["mean"], got["route_completion"]["low"], got["route_completion"]["high"]) == \
+        bootstrap_ci(unseen, N_RESAMPLES, 0.95, 3)
+    assert gen["by"]["map_kind"]["regression"]["generated, held out"]["success_rate"]["mean"] == 4 / 8
+    md = (root / "report.md").read_text()
+    assert "## Generalization" in md and "| `regression` | unseen | 8 | 0.738 [" in md
+    assert (root / summary["plots"]["generalization"]).read_bytes()[:8] == PNG_MAGIC
+    (ckpt / "config.json").unlink()  # a checkpoint that cannot say: the split decides
+    gen = write_report(root, seed=3, n_resamples=N_RESAMPLES)["generalization"]
+    assert gen["seen_from"] == "split" and gen["map_kinds"]["one-turn"] == "paper route"
+    assert gen["weathers"] == {"ClearNoon": True, "ClearSunset": False}

@@ -6,6 +6,7 @@ import json
 import math
 import re
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -120,6 +121,10 @@ def test_run_folder_holds_config_metrics_checkpoints_plots_and_logs(straight):
     ckpt = load_checkpoint(run / "best")
     assert ckpt.temperature == result.temperature and ckpt.steer_scale == 4.0
     assert ckpt.meta["epoch"] == result.best_epoch and ckpt.preprocess == PRE and ckpt.network == NET
+    entries = json.loads((Path(config["data"]) / "manifest.json").read_text())["episodes"]
+    assert ckpt.meta["trained_on"] == {"routes": list(dict.fromkeys(e["route"] for e in entries)),
+                                       "weathers": list(dict.fromkeys(e["weather"] for e in entries))}
+    assert ckpt.meta["trained_on"]["routes"] and ckpt.meta["augment"] == config["augment"]
     assert load_checkpoint(run / "last").meta["epoch"] == 2
     assert load_training_state(run / "last" / "training_state.pt").epoch == 2
     for name in ("confusion_matrix", "reliability_diagram", "reliability_diagram_calibrated"):
