@@ -4,7 +4,8 @@ A checkpoint is a directory::
 
     model.safetensors   the network's state_dict (tensors only; nothing is unpickled when it is read)
     config.json         network, preprocess, bins and loss configs, calibration temperature, steering scale,
-                        training metadata, the format version and the save's id (also in the weights' header)
+                        training metadata, the format version, the save's id (also in the weights' header) and
+                        the SHA-256 of model.safetensors (``weights_sha256``; older checkpoints have none)
 
 :func:`load_checkpoint` rebuilds :class:`~agent.network.DualHeadNet` from ``config.json`` alone (no pretrained
 weights are read) and fills it from ``model.safetensors``. Anything wrong with the pair (missing file, bad
@@ -19,6 +20,7 @@ read back with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -107,9 +109,18 @@ def _tensors_to_save(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[st
     return tensors, aliases
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _replace_atomically(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` over ``final`` once on disk, with the permissions the umask gives a new file (the
+    safetensors writer creates its file 0600, unlike every other file of a checkpoint)."""
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, final)
 
 
@@ -137,6 +148,9 @@ def save_checkpoint(directory: str | Path, model: nn.Module, network_cfg: Networ
     loss_cfg = loss_cfg or getattr(net, "loss_config", None) or LossConfig()
     checkpoint_id = uuid.uuid4().hex
     tensors, aliases = _tensors_to_save(net)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp_weights = directory / f".{WEIGHTS_FILE}.{checkpoint_id}.tmp"
+    tmp_config = directory / f".{CONFIG_FILE}.{checkpoint_id}.tmp"
     doc = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "checkpoint_id": checkpoint_id,
         "network": network_cfg.to_dict(), "preprocess": preprocess_cfg.to_dict(), "bins": bins.to_dict(),
@@ -145,15 +159,13 @@ def save_checkpoint(directory: str | Path, model: nn.Module, network_cfg: Networ
         "saved_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch_version": torch.__version__,
     }
     try:
-        text = json.dumps(doc, indent=2, allow_nan=False)
+        json.dumps(doc, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ValueError(f"checkpoint metadata must be plain JSON (numbers, strings, lists, dicts): {e}") from e
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp_weights = directory / f".{WEIGHTS_FILE}.{checkpoint_id}.tmp"
-    tmp_config = directory / f".{CONFIG_FILE}.{checkpoint_id}.tmp"
     try:
         save_file(tensors, str(tmp_weights), metadata={"format": FORMAT, "checkpoint_id": checkpoint_id})
-        tmp_config.write_text(text + "\n", encoding="utf-8")
+        doc["weights_sha256"] = file_sha256(tmp_weights)  # checked at load: flipped bytes are an error
+        tmp_config.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         _replace_atomically(tmp_weights, directory / WEIGHTS_FILE)
         _replace_atomically(tmp_config, directory / CONFIG_FILE)
     finally:
@@ -195,20 +207,37 @@ def _positive(value: Any) -> float:
     return float(value)
 
 
-def _read_weights(path: Path, checkpoint_id: str) -> dict[str, torch.Tensor]:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_weights(path: Path, checkpoint_id: str, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``; with ``sha256`` (checkpoints saved since it was recorded) its bytes must hash
+    to it, so a flipped byte anywhere in the weights is an error instead of a policy that drives wrong."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: the checkpoint directory has {CONFIG_FILE} but no weights; "
                               "re-save the checkpoint")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it is truncated or corrupt") from e
     if header.get("checkpoint_id") != checkpoint_id:
         raise CheckpointError(f"{path} and {path.parent / CONFIG_FILE} come from different saves (ids "
                               f"{header.get('checkpoint_id')!r} and {checkpoint_id!r}); an interrupted save? "
                               "Re-save the checkpoint")
+    if sha256 is not None and (found := file_sha256(path)) != sha256:
+        raise CheckpointError(f"{path} is corrupt: its SHA-256 {found[:16]}... differs from the "
+                              f"{sha256[:16]}... recorded in {CONFIG_FILE}; re-copy or re-save the checkpoint")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it is truncated or corrupt") from e
     return tensors
 
 
@@ -244,7 +273,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         raise CheckpointError(f"{config_path} is inconsistent: {bins.n_bins} bins for {network.n_bins} classes, "
                               f"images {preprocess.output_size} for input {network.input_size}")
     model = DualHeadNet(network, loss, load_pretrained=False)
-    state = _read_weights(directory / WEIGHTS_FILE, doc.get("checkpoint_id", ""))
+    state = _read_weights(directory / WEIGHTS_FILE, doc.get("checkpoint_id", ""), doc.get("weights_sha256"))
     for alias, name in aliases.items():
         if name in state:
             state[alias] = state[name]

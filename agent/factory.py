@@ -33,8 +33,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder: ``path`` itself if it holds a checkpoint (``config.json`` and
     ``model.safetensors``), else ``path/best`` or ``path/last`` (a ``caril train`` run folder)."""
     p = Path(path)
-    for candidate in (p, p / "best", p / "last"):
+    candidates = (p, p / "best", p / "last")
+    for candidate in candidates:
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return candidate
-    raise CarilError(f"no checkpoint in {p}: expected config.json there or in {p}/best or {p}/last "
-                     "(train one with caril train, or use the shipped policy in policies/)")
+    for candidate in candidates:  # half a checkpoint: name the file that is missing
+        have = [name for name in ("config.json", "model.safetensors") if (candidate / name).is_file()]
+        if len(have) == 1:
+            missing = "model.safetensors" if have == ["config.json"] else "config.json"
+            raise CarilError(f"{candidate / missing} is missing: a checkpoint folder holds config.json and "
+                                  "model.safetensors (written by caril train); re-copy or re-save the checkpoint")
+    raise CarilError(f"no checkpoint in {p}: expected config.json and model.safetensors there or in {p}/best or "
+                          f"{p}/last (train one with caril train, or use the shipped policy in policies/)")

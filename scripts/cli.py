@@ -12,7 +12,10 @@ import os
 import sys
 
 from scripts.args import parse
-from sim.errors import CarilError
+from sim.errors import CarilError, InvalidControlError, UnknownNameError, UsageError
+
+# exit 2 for input the user can fix on the command line; 1 for data, files, servers and runtime errors
+USAGE_ERRORS = (UsageError, UnknownNameError, InvalidControlError)
 
 COMMANDS = {
     "collect": "scripts.collect",
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except CarilError as e:
         sys.stderr.write(f"{prog}: error: {e}\n")
-        return 2 if isinstance(e, (KeyError, ValueError)) else 1
+        return 2 if isinstance(e, USAGE_ERRORS) else 1
     except BrokenPipeError:  # the reader of stdout went away (caril data info DIR | head): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

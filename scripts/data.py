@@ -27,7 +27,7 @@ from sim.split import heldout_conditions
 from sim.types import RoadOption
 from training.collect import read_config
 from training.data_options import COMMAND_KEY, LABEL_KEY, NOISE_KEY, LabelOptions, steering_histogram
-from training.episode_file import IMAGE_KEY, DatasetIndex, check_dataset
+from training.episode_file import IMAGE_KEY, DatasetError, DatasetIndex, check_dataset
 
 DESCRIPTION = "Inspect (info) or validate (check) a recorded dataset."
 ACTIONS = ("info", "check")
@@ -149,11 +149,18 @@ def plot_histogram(hist: dict[str, Any], path: Path, title: str) -> None:
 
 def info(directory: str, args: InfoArgs) -> int:
     options = LabelOptions(steer_limit=args.steer_limit, steer_scale=args.steer_scale, n_bins=args.bins)
-    data = dataset_info(directory, options)
+    try:
+        data = dataset_info(directory, options)
+    except OSError as e:  # h5py's failed checksum filter, a truncated file: one line, and where to look
+        raise DatasetError(f"{directory}: a column could not be read ({str(e).splitlines()[0]}); 'caril data "
+                           f"check {directory}' names the corrupt or truncated files") from None
     if args.plot and data["frames"]:
         path = Path(args.plot_path) if args.plot_path else Path(directory) / "steering_histogram.png"
-        plot_histogram(data["steering_histogram"], path, Path(directory).name)
-        data["histogram_png"] = str(path)
+        try:
+            plot_histogram(data["steering_histogram"], path, Path(directory).name)
+            data["histogram_png"] = str(path)
+        except OSError as e:  # a read-only dataset: the numbers still matter more than the picture
+            data["histogram_not_written"] = f"{path}: {e.strerror or e}"
     print(format_info(data))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +201,8 @@ def format_info(d: dict[str, Any]) -> str:
         lines.append(f"    {i:2d} [{edges[i]:+.3f}, {edges[i + 1]:+.3f})  {count:8,d}  {'#' * round(30 * count / top)}")
     if "histogram_png" in d:
         lines.append(f"  histogram -> {d['histogram_png']}")
+    if "histogram_not_written" in d:
+        lines.append(f"  histogram not written ({d['histogram_not_written']}); choose a place with --plot-path")
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ import cv2
 
 from scripts.args import arg
 from sim.embedded import EmbeddedSimulator
-from sim.errors import CarilError
+from sim.errors import CarilError, UsageError
 from sim.routes import get_route
 from sim.types import CameraConfig, parse_resolution
 from sim.weather import get_weather
@@ -38,7 +38,7 @@ class Args:
         width, height = parse_resolution(self.res)
         self.camera = CameraConfig(width=width, height=height, fov_deg=self.fov)
         if Path(self.out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
-            raise CarilError(f"--out {self.out!r} must end in .png or .jpg")
+            raise UsageError(f"--out {self.out!r} must end in .png or .jpg")
 
 
 def run(args: Args) -> int:

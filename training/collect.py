@@ -282,7 +282,7 @@ class CollectJob:
         """
         if self.has_dataset():
             if not resume:
-                raise CarilError(f"{self.root} already holds a dataset; continue it with --resume or choose "
+                raise UsageError(f"{self.root} already holds a dataset; continue it with --resume or choose "
                                  "another --out")
             kept = self._recover()
         else:
@@ -307,10 +307,10 @@ class CollectJob:
             raise CarilError(f"{config_path} is unreadable ({e}); choose another --out") from None
         differences = config_differences(stored, self.config.to_dict())
         if differences:
-            raise CarilError(f"cannot resume {self.root}: its data was recorded with other settings ("
+            raise UsageError(f"cannot resume {self.root}: its data was recorded with other settings ("
                              f"{'; '.join(differences)}); rerun with the stored settings or choose another --out")
         if self.config.episodes < stored.get("episodes", 0):
-            raise CarilError(f"--episodes {self.config.episodes} is fewer than the {stored['episodes']} planned in "
+            raise UsageError(f"--episodes {self.config.episodes} is fewer than the {stored['episodes']} planned in "
                              f"{self.root}; resume with --episodes {stored['episodes']} or more")
         if stored.get("software_version") != software_version():
             log.warning("resuming a dataset recorded with caril %s using caril %s", stored.get("software_version"),

@@ -47,7 +47,7 @@ import cv2
 import h5py
 import numpy as np
 
-from sim.errors import CarilError
+from sim.errors import CarilError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +136,11 @@ class ImageCodec:
 
     def __post_init__(self) -> None:
         if self.format not in IMAGE_FORMATS:
-            raise CarilError(f"image format {self.format!r} is not one of {', '.join(IMAGE_FORMATS)}")
+            raise UsageError(f"image format {self.format!r} is not one of {', '.join(IMAGE_FORMATS)}")
         if not 1 <= self.jpeg_quality <= 100:
-            raise CarilError(f"JPEG quality {self.jpeg_quality} is outside 1..100 (90 is a good default)")
+            raise UsageError(f"JPEG quality {self.jpeg_quality} is outside 1..100 (90 is a good default)")
         if not 0 <= self.png_compression <= 9:
-            raise CarilError(f"PNG compression {self.png_compression} is outside 0..9 (1 is fast)")
+            raise UsageError(f"PNG compression {self.png_compression} is outside 0..9 (1 is fast)")
 
     @property
     def extension(self) -> str:
@@ -479,10 +479,11 @@ def entry_from_file(path: str | Path) -> dict[str, Any]:
 
 
 def write_manifest(root: str | Path, manifest: dict[str, Any]) -> None:
-    """Rewrite the manifest atomically, episodes sorted by index and ``total_frames`` recomputed."""
+    """Rewrite the manifest atomically, episodes sorted by index and ``total_frames`` recomputed (also in the
+    caller's dict, so what a job reports after a rebuilt manifest is what the file says)."""
+    manifest["total_frames"] = int(sum(e["frames"] for e in manifest["episodes"]))
     manifest = dict(manifest)
     manifest["episodes"] = sorted(manifest["episodes"], key=lambda e: e["index"])
-    manifest["total_frames"] = int(sum(e["frames"] for e in manifest["episodes"]))
     write_json_atomic(Path(root) / MANIFEST, manifest)
 
 

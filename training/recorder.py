@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import CarilError
+from sim.errors import CarilError, UsageError
 from sim.types import Control, Observation
 from training.episode_file import (
     COMMAND_KEY,
@@ -148,7 +148,7 @@ class Recorder:
         """Start a new dataset in ``root`` (created if needed); refuses a folder that already holds one."""
         root = Path(root)
         if (root / MANIFEST).exists() or any((root / EPISODES_DIR).glob("episode_*")):
-            raise CarilError(f"{root} already holds a dataset; continue it with --resume or choose another --out")
+            raise UsageError(f"{root} already holds a dataset; continue it with --resume or choose another --out")
         (root / EPISODES_DIR).mkdir(parents=True, exist_ok=True)
         manifest = new_manifest(features, fps, planned_episodes)
         write_manifest(root, manifest)

@@ -624,15 +624,20 @@ def write_figures(loop: Loop) -> None:
 # --- run folder and resume -------------------------------------------------------------------------------------
 
 
-def check_run_folder(cfg: TrainConfig) -> None:
-    """A new run needs a folder without a run in it; a resumed one needs ``RUN/last`` with its training state."""
+def check_run_folder(cfg: TrainConfig) -> bool:
+    """Whether the run resumes: a new run needs a folder without a run in it; ``--resume`` continues from
+    ``RUN/last`` and its training state, or starts afresh in the folder when no epoch finished there (a run
+    killed during its first epoch), saying so, so a resume is never a dead end."""
     run = Path(cfg.out)
     if cfg.resume:
-        if not (run / "last" / STATE_FILE).is_file():
-            raise CheckpointError(f"nothing to resume in {run}: no last/{STATE_FILE} (the run never finished an "
-                                  "epoch?); start it again without --resume")
-    elif any((run / name).exists() for name in ("config.json", "metrics.json", "last", "best")):
+        if (run / "last" / STATE_FILE).is_file():
+            return True
+        log.warning("nothing to resume in %s: no epoch finished there (no last/%s); starting the run afresh in "
+                    "that folder", run, STATE_FILE)
+        return False
+    if any((run / name).exists() for name in ("config.json", "metrics.json", "last", "best")):
         raise UsageError(f"{run} already holds a training run; continue it with --resume or choose another --out")
+    return False
 
 
 def _comparable(cfg: NetworkConfig) -> dict[str, Any]:
@@ -718,7 +723,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
         if world.device.type == "cuda":
             torch.backends.cudnn.benchmark = not cfg.deterministic
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        check_run_folder(cfg)
+        resuming = check_run_folder(cfg)
         world.barrier()
         seed_everything(cfg.seed)
         data = build_data(cfg, world)
@@ -731,13 +736,13 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
         total = data.steps_per_epoch * cfg.epochs
         loop = Loop(cfg, world, data, net, fast, model, optimizer, LoopState(), callbacks or TrainCallbacks(), None,
                     run, total, round(cfg.warmup_fraction * total))
-        history = resume(loop) if cfg.resume else []
+        history = resume(loop) if resuming else []
         if world.is_main:
             run.mkdir(parents=True, exist_ok=True)
             write_run_config(cfg, world, data, run)
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = loop.writer = SummaryWriter(str(run / "tb"), purge_step=loop.state.step if cfg.resume else None)
+            writer = loop.writer = SummaryWriter(str(run / "tb"), purge_step=loop.state.step if resuming else None)
         world.barrier()
         return run_epochs(loop, history)
     finally:

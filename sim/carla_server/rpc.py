@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 RECV_BYTES = 1 << 16
 SPIN_S = 0.002  # how long a connection thread polls for the next request before it blocks
+# what a stream of bytes that is not msgpack raises from the unpacker: BufferFull, FormatError, StackError,
+# ExtraData, UnicodeDecodeError (a str that is not UTF-8)
+MALFORMED = (msgpack.exceptions.UnpackException, ValueError)
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", None)  # not on Windows: there the thread blocks at once
 
 
@@ -101,9 +104,12 @@ class RpcServer:
                 self._connections.add(conn)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             log.info("client connected from %s:%s", *peer[:2])
-            threading.Thread(target=self._serve, args=(conn,), name=f"carla-rpc-{peer[1]}", daemon=True).start()
+            threading.Thread(target=self._serve, args=(conn, f"{peer[0]}:{peer[1]}"), name=f"carla-rpc-{peer[1]}",
+                             daemon=True).start()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, peer: str = "?") -> None:
+        """Answer ``conn``'s requests until it hangs up; bytes that are not a CARLA client's msgpack end the
+        connection with one warning naming the peer and the reason (the server goes on)."""
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
         try:
             while True:
@@ -119,6 +125,9 @@ class RpcServer:
                         _run(after)
         except OSError:
             return
+        except MALFORMED as e:
+            log.warning("dropped the connection from %s: not a CARLA 0.9.16 client's requests (%s: %s)", peer,
+                        type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "no detail")
         finally:
             with self._lock:
                 self._connections.discard(conn)

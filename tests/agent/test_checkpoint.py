@@ -1,9 +1,12 @@
 """Checkpoints: an exact round trip from safetensors + JSON, one clear error per corruption, resume state."""
 
+import hashlib
 import json
+import os
 import random
 import re
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from agent.checkpoint import (
     WEIGHTS_FILE,
     CheckpointError,
     capture_rng_states,
+    file_sha256,
     load_checkpoint,
     load_training_state,
     save_checkpoint,
@@ -151,6 +155,15 @@ def edit_tensors(path, change):
     tensors = load_file(file)
     change(tensors)
     save_file(tensors, file, metadata=metadata)
+    edit_config(path, lambda d: d.update(weights_sha256=file_sha256(path / WEIGHTS_FILE)))  # hash agrees: the
+    # checks below it are what is tested
+
+
+def flip_a_weight_byte(path):
+    """One byte of tensor data changed, as a bad copy or disk would: the file still parses."""
+    data = bytearray((path / WEIGHTS_FILE).read_bytes())
+    data[-100] ^= 0x40
+    (path / WEIGHTS_FILE).write_bytes(bytes(data))
 
 
 def other_save(path):
@@ -176,6 +189,7 @@ CORRUPTIONS = {
     "truncated weights": (lambda p: (p / WEIGHTS_FILE).write_bytes((p / WEIGHTS_FILE).read_bytes()[:1000]),
                           WEIGHTS_FILE, "is not a readable safetensors file"),
     "mixed saves": (other_save, WEIGHTS_FILE, "come from different saves"),
+    "flipped byte": (flip_a_weight_byte, WEIGHTS_FILE, "is corrupt: its SHA-256"),
     "missing tensor": (lambda p: edit_tensors(p, lambda t: t.pop("trunk.0.weight")), WEIGHTS_FILE,
                        "does not match the network described in config.json: missing tensors: trunk.0.weight"),
     "extra tensor": (lambda p: edit_tensors(p, lambda t: t.update(bogus=torch.zeros(2))), WEIGHTS_FILE,
@@ -195,6 +209,27 @@ def test_each_corruption_gives_one_clear_error(saved, tmp_path, case):
         load_checkpoint(path)
     assert str(path / file) in str(info.value)
     assert isinstance(info.value, CarilError)
+
+
+def test_weights_carry_their_hash_and_a_checkpoint_without_one_still_loads(saved, tmp_path):
+    path = tmp_path / "old"
+    shutil.copytree(saved[1], path)
+    doc = json.loads((path / CONFIG_FILE).read_text())
+    assert doc["weights_sha256"] == hashlib.sha256((path / WEIGHTS_FILE).read_bytes()).hexdigest()
+    edit_config(path, lambda d: d.pop("weights_sha256"))  # a checkpoint saved before the hash was recorded
+    model = load_checkpoint(path).model
+    for name, tensor in saved[0].state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor)
+
+
+def test_checkpoint_files_get_the_umasks_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = save_checkpoint(tmp_path / "ckpt", trained_net(), NET_CFG, PRE_CFG, BINS)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((path / WEIGHTS_FILE).stat().st_mode) == 0o640
+    assert stat.S_IMODE((path / CONFIG_FILE).stat().st_mode) == 0o640
 
 
 def test_a_missing_directory_is_named(tmp_path):

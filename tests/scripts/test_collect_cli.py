@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import h5py
 import pytest
 
 from training.episode_file import EpisodeReader, check_dataset, read_manifest
@@ -58,6 +59,27 @@ def test_data_info_summarises_and_plots(dataset, tmp_path):
     assert sum(info["commands"].values()) == 60 and set(info["commands"]) <= {"LEFT", "RIGHT", "STRAIGHT",
                                                                                "LANEFOLLOW"}
     assert json.loads((dataset / "config.json").read_text())["allow_heldout"] is True
+
+
+def test_data_info_on_a_failed_checksum_is_one_line_and_an_unwritable_plot_is_said(dataset, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    r = caril("data", "info", str(copy), "--plot-path", str(blocker / "hist.png"))
+    assert r.returncode == 0, r.stderr
+    assert f"histogram not written ({blocker / 'hist.png'}:" in r.stdout and "steering bins" in r.stdout
+    path = copy / "episodes" / "episode_000001.h5"
+    with h5py.File(path, "r") as f:  # one byte of the steering label's chunk flipped: its fletcher32 fails
+        offset = f["action/expert"].id.get_chunk_info(0).byte_offset
+    raw = bytearray(path.read_bytes())
+    raw[offset + 3] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    r = caril("data", "info", str(copy))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "a column could not be read" in lines[0], r.stderr
+    assert f"'caril data check {copy}' names the corrupt or truncated files" in lines[0]
 
 
 def test_data_check_names_corrupt_and_truncated_files_and_exits_non_zero(dataset, tmp_path):
@@ -133,6 +155,16 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path, args, message):
     assert len(lines) == 1, r.stderr
     assert message in lines[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_resume_after_a_lost_manifest_reports_the_rebuilt_frames(dataset, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    (copy / "manifest.json").unlink()
+    r = caril("collect", "--out", str(copy), "--episodes", "3", "--seed", "4", *TINY, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "recording 0 of 3 episodes" in r.stdout and f"dataset {copy}: 3 episodes, 60 frames" in r.stdout
+    assert read_manifest(copy)["total_frames"] == 60
 
 
 def test_resume_with_other_settings_names_the_differences(dataset, tmp_path):

@@ -64,4 +64,4 @@ def test_demo_prints_the_table_and_writes_the_report(tmp_path, capsys):
     assert summary["reference_correction"] == "regression"
     assert (out / "eval" / "report.md").is_file() and any((out / "eval" / "plots").iterdir())
     rows = (out / "eval" / "results.csv").read_text().splitlines()
-    assert len(rows) == 1 + 3 * 2  # header + 3 routes x 2 corrections x 1 trial
+    assert len(rows) == 1 + 2 * 2  # header + 2 held-out maps (heldout-mini) x 2 corrections x 1 trial

@@ -272,6 +272,33 @@ def test_a_malformed_request_is_answered_with_an_error():
     assert (kind, msgid, error) == (1, 9, None) and "version failed" in result[0][1][0]
 
 
+@pytest.mark.parametrize("garbage, reason", [
+    (b"\xa3\xff\xfe\xfd", "UnicodeDecodeError"),  # a msgpack str that is not UTF-8
+    (b"\xc1", "FormatError"),  # a byte msgpack never uses
+    (b"\x91" * 2000, "StackError"),  # arrays nested deeper than the unpacker goes
+])
+def test_a_malformed_connection_is_one_warning_naming_the_peer_and_the_server_goes_on(garbage, reason, caplog):
+    rpc = RpcServer("127.0.0.1", 0, lambda request: [[1, "0.9.16"]])
+    rpc.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="sim.carla_server.rpc"):
+            bad = socket.create_connection(("127.0.0.1", rpc.port))
+            port = bad.getsockname()[1]
+            bad.sendall(garbage)
+            assert bad.recv(16) == b""  # the server hangs up on it
+            bad.close()
+            good = socket.create_connection(("127.0.0.1", rpc.port))  # ... and still answers others
+            assert call(good, msgpack.Unpacker(raw=False), 3, "version")[:3] == [1, 3, None]
+            good.close()
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and not warnings[0].exc_info
+        message = warnings[0].getMessage()
+        assert message.startswith(f"dropped the connection from 127.0.0.1:{port}: not a CARLA 0.9.16 client's")
+        assert reason in message
+    finally:
+        rpc.close()
+
+
 def call(sock: socket.socket, unpacker: msgpack.Unpacker, msgid: int, name: str, *args) -> list:
     """One msgpack-rpc call on a raw connection; returns the response message."""
     sock.sendall(msgpack.packb([0, msgid, name, list(args)]))

@@ -51,6 +51,17 @@ class StopAfter(TrainCallbacks):
             raise KeyboardInterrupt
 
 
+class StopAfterSteps(TrainCallbacks):
+    """Simulates a kill in the middle of the first epoch, after ``steps`` optimizer steps."""
+
+    def __init__(self, steps):
+        self.steps = steps
+
+    def on_step(self, step, losses):
+        if step >= self.steps:
+            raise KeyboardInterrupt
+
+
 @pytest.fixture(scope="module")
 def straight(data_root, tmp_path_factory):
     """Two epochs in one go."""
@@ -213,14 +224,28 @@ def test_nan_loss_stops_with_one_error_and_keeps_the_last_good_checkpoint(interr
     assert load_checkpoint(run / "last").meta["epoch"] == 1
 
 
+def test_resume_of_a_run_killed_in_its_first_epoch_starts_afresh_and_says_so(data_root, tmp_path, caplog):
+    cfg = tiny(data_root, tmp_path / "first_epoch", epochs=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, StopAfterSteps(1))  # killed before any epoch finished: config.json and tb/, no last/
+    run = Path(cfg.out)
+    assert (run / "config.json").exists() and not (run / "last").exists()
+    with pytest.raises(UsageError, match="already holds a training run; continue it with --resume"):
+        train(cfg)
+    with caplog.at_level("WARNING"):
+        result = train(tiny(data_root, run, epochs=1, resume=True))
+    assert "nothing to resume in" in caplog.text and "starting the run afresh in that folder" in caplog.text
+    assert result.epochs_completed == 1 and (run / "last" / "training_state.pt").is_file()
+    fresh = train(tiny(data_root, tmp_path / "never_started", epochs=1, resume=True))  # nothing there at all
+    assert fresh.epochs_completed == 1
+
+
 def test_resume_refuses_an_incompatible_checkpoint(interrupted, tmp_path):
     run = copy_run(interrupted, tmp_path / "other_net")
     other = NetworkConfig(input_size=(32, 32), trunk=(64,))
     with pytest.raises(CheckpointError, match=r"cannot resume .*other_net: its checkpoint does not match this "
                                               r"configuration \(network.trunk: \[256, 128\] in the run, \[64\] now\)"):
         train(tiny(interrupted.data, run, resume=True, network=other))
-    with pytest.raises(CheckpointError, match="nothing to resume in .*: no last/training_state.pt"):
-        train(tiny(interrupted.data, tmp_path / "fresh", resume=True))
     with pytest.raises(UsageError, match="already holds a training run; continue it with --resume"):
         train(tiny(interrupted.data, run))
     (run / "last" / "training_state.pt").write_bytes(b"not a torch file")

@@ -26,7 +26,7 @@ from agent.manual import ManualPolicy
 from agent.policy import Policy
 from sim.dynamics import VehicleParams
 from sim.episode import EpisodeLimits, EpisodeMonitor
-from sim.errors import CarilError, unknown_name
+from sim.errors import UsageError, unknown_name
 from sim.metrics import route_completion
 from sim.simulator import Simulator
 from sim.types import DEFAULT_DT_S, Control, Observation
@@ -114,7 +114,7 @@ class DriveSession:
                  seed: int = 0, *, frames: int = 0, max_fps: float = 0.0, manual: ManualPolicy | None = None,
                  limits: EpisodeLimits | None = None, restart: bool = True) -> None:
         if frames < 0:
-            raise CarilError(f"frames must be 0 (no limit) or positive, got {frames}")
+            raise UsageError(f"frames must be 0 (no limit) or positive, got {frames}")
         self.sim, self.policy, self.display = sim, policy, display
         self.route, self.weather, self.seed = route, weather, seed
         self.frames, self.max_fps, self.limits, self.restart = frames, max_fps, limits, restart

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sim.errors import CarilError
+from sim.errors import CarilError, UsageError
 from training.display._pygame import pygame
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class VideoOutput:
     def __init__(self, path: str | Path, size: tuple[int, int], fps: float) -> None:
         path = Path(path)
         if path.suffix.lower() not in VIDEO_SUFFIXES:
-            raise CarilError(f"video file {path} must end in .mp4 (mp4v) or .avi (MJPG)")
+            raise UsageError(f"video file {path} must end in .mp4 (mp4v) or .avi (MJPG)")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.size, self.fps, self.frames = (int(size[0]), int(size[1])), float(fps), 0
         self.path, self._writer = self._open(path)
