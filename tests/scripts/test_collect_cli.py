@@ -123,7 +123,7 @@ def test_sigkill_mid_episode_keeps_finished_episodes_and_resume_completes_the_jo
     assert r.returncode == 0, r.stdout
     assert "is an unfinished episode" in r.stdout
     r = caril(*args)
-    assert r.returncode == 1 and "already holds a dataset; continue it with --resume" in r.stderr
+    assert r.returncode == 2 and "already holds a dataset; continue it with --resume" in r.stderr  # usage
     r = caril(*args, "--resume")
     assert r.returncode == 0, r.stderr
     assert f"recording {3 - len(finished)} of 3 episodes" in r.stdout
@@ -172,7 +172,7 @@ def test_resume_with_other_settings_names_the_differences(dataset, tmp_path):
     shutil.copytree(dataset, copy)
     r = caril("collect", "--out", str(copy), "--episodes", "3", "--seed", "4", *TINY[:-1], "jpeg", "--resume",
               "--noise-amplitude", "0.3")
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "codec.format: 'png' -> 'jpeg'" in r.stderr and "noise.amplitude: 0.2 -> 0.3" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
