@@ -145,7 +145,8 @@ def test_a_path_that_cannot_be_used_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["evaluate", "--routes", "moon", "--out", "x"], "unknown route 'moon'; valid routes: straight, one-turn"),
-    (["evaluate", "--routes", "moon", "--out", "x"], "for a generated route. Suites: paper, named, heldout, heldout-mini."),
+    (["evaluate", "--routes", "moon", "--out", "x"],
+     "for a generated route. Suites: paper, named, heldout, heldout-mini."),
     (["evaluate", "--weathers", "Sunny", "--out", "x"], "unknown weather 'Sunny'; valid weathers: ClearNoon"),
     (["evaluate", "--trials", "many", "--out", "x"], "argument --trials: invalid int value: 'many'"),
     (["evaluate", "--trials", "0", "--out", "x"], "--trials must be at least 1, got 0"),
