@@ -42,6 +42,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if len(have) == 1:
             missing = "model.safetensors" if have == ["config.json"] else "config.json"
             raise CarilError(f"{candidate / missing} is missing: a checkpoint folder holds config.json and "
-                                  "model.safetensors (written by caril train); re-copy or re-save the checkpoint")
+                             "model.safetensors (written by caril train); re-copy or re-save the checkpoint")
     raise CarilError(f"no checkpoint in {p}: expected config.json and model.safetensors there or in {p}/best or "
-                          f"{p}/last (train one with caril train, or use the shipped policy in policies/)")
+                     f"{p}/last (train one with caril train, or use the shipped policy in policies/)")

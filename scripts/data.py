@@ -99,18 +99,18 @@ def dataset_info(directory: str, options: LabelOptions) -> dict[str, Any]:
     nbytes = sum(e["bytes"] for e in entries)
     image = index.features[IMAGE_KEY].shape
     first = index.readers[0].attrs if entries else {}
+    backend = first.get("backend") or read_config(directory).get("backend")
     return {
         "dir": str(directory), "episodes": len(entries), "planned_episodes": index.manifest.get("planned_episodes"),
         "frames": frames, "fps": index.fps, "hours": round(frames / index.fps / 3600, 4),
         "image_shape": list(image), "image_codec": first.get("image_codec"), "bytes": nbytes,
         "bytes_per_frame": round(nbytes / frames, 1) if frames else 0.0,
         "noise_fraction": round(float(np.mean(noise)), 4) if frames else 0.0,
-        "noise": first.get("noise"), "backend": first.get("backend") or read_config(directory).get("backend"),
+        "noise": first.get("noise"), "backend": backend,
         "software_version": index.manifest.get("software_version"),
         "terminations": dict(Counter(e["termination"] for e in entries)),
         "per_route": per_route, "per_weather": per_weather,
-        "heldout": heldout_conditions(list(per_route), list(per_weather),
-                                      first.get("backend") or read_config(directory).get("backend") or "embedded"),
+        "heldout": heldout_conditions(list(per_route), list(per_weather), backend or "embedded"),
         "commands": command_counts(index) if frames else {},
         "steer": {"min": float(steer.min()) if frames else 0.0, "max": float(steer.max()) if frames else 0.0,
                   "mean_abs": float(np.abs(steer).mean()) if frames else 0.0},
