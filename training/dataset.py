@@ -38,7 +38,7 @@ from agent.preprocess import FrameError, PreprocessConfig, crop_and_resize
 from sim.errors import UsageError
 from sim.types import RoadOption
 from training.data_options import LabeledFrames
-from training.episode_file import IMAGE_KEY, DatasetError, DatasetIndex, check_dataset, decode_image
+from training.episode_file import IMAGE_KEY, DatasetError, DatasetIndex, FrameChecksumError, check_dataset, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,8 @@ class DrivingDataset(Dataset):
         try:
             image = decode_image(self.index.encoded(frame))
         except (DatasetError, OSError, ValueError, KeyError) as e:
-            raise DatasetError(f"{path} frame {j}: {str(e).splitlines()[0]}; run 'caril data check "
+            where = "" if isinstance(e, FrameChecksumError) else f"{path} frame {j}: "  # it names them itself
+            raise DatasetError(f"{where}{str(e).splitlines()[0]}; run 'caril data check "
                                f"{self.index.root}' (re-record or delete the episode)") from None
         if image.shape != self.frame_shape:
             raise DatasetError(f"{path} frame {j} is {image.shape[1]}x{image.shape[0]}, the dataset's camera is "

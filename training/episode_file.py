@@ -13,6 +13,7 @@ feature spec, all of length ``num_frames`` (N)::
 
     /observation/image            vlen uint8 (N,)    the camera frame ENCODED as recorded (JPEG or PNG bytes)
     /observation/image_nbytes     int32 (N,)         byte length of each encoded frame
+    /observation/image_crc32      uint32 (N,)        CRC32 of each encoded frame (files recorded since it was added)
     /observation/speed_mps, /observation/pose (N,3: x_m, y_m, yaw_deg), /observation/lateral_offset_m, ...
     /action/expert (N,3)          the expert's clean command on the state reached: the LABEL (steer, throttle, brake)
     /action/executed (N,3)        what was sent to the simulator (expert + steering noise)
@@ -27,8 +28,10 @@ Attributes that are dicts or lists are JSON strings, named in the ``json_attrs``
 
 Crash safety: frames are appended to ``<name>.partial`` (images flushed in chunks, so memory stays bounded)
 and the file is renamed to ``<name>`` only once it is complete and synced, so a killed process never leaves
-a file that looks whole. Readers open files lazily, once per process: a handle opened before a ``fork`` is
-never used after it, so a torch ``DataLoader`` with workers is safe.
+a file that looks whole. Every numeric column carries HDF5's Fletcher-32 checksum and every encoded frame its
+CRC32, so a flipped byte is an error naming the file and frame, never a silently wrong value or image.
+Readers open files lazily, once per process: a handle opened before a ``fork`` is never used after it, so a
+torch ``DataLoader`` with workers is safe.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -61,12 +65,17 @@ PARTIAL_SUFFIX = ".partial"
 CORRUPT_SUFFIX = ".corrupt"
 IMAGE_KEY = "observation/image"
 NBYTES_KEY = "observation/image_nbytes"
+CRC_KEY = "observation/image_crc32"
 REQUIRED_ATTRS = ("format", "format_version", "num_frames", "features", "fps", "dt_s", "complete")
 IMAGE_FORMATS = ("jpeg", "png")
 
 
 class DatasetError(CarilError):
     """A dataset or episode file that cannot be used: missing, corrupt, truncated or of another format."""
+
+
+class FrameChecksumError(DatasetError):
+    """A frame's encoded bytes differ from those recorded (its CRC32 fails); the message names file and frame."""
 
 
 # -- feature spec ------------------------------------------------------------------------------------------
@@ -160,6 +169,12 @@ class ImageCodec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def frame_crc32(buf: np.ndarray | bytes) -> int:
+    """CRC32 of one encoded frame's bytes (zlib's, as an unsigned int)."""
+    data = buf if isinstance(buf, bytes) else np.ascontiguousarray(buf, np.uint8).tobytes()
+    return zlib.crc32(data) & 0xFFFFFFFF
 
 
 def decode_image(buf: np.ndarray) -> np.ndarray:
@@ -274,6 +289,7 @@ class EpisodeWriter:
         self.columns: dict[str, list] = {k: [] for k in features if k != IMAGE_KEY}
         self._pending: list[np.ndarray] = []
         self._nbytes: list[int] = []
+        self._crc: list[int] = []
         self.num_frames = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f: h5py.File | None = h5py.File(self.partial, "w")
@@ -284,6 +300,7 @@ class EpisodeWriter:
         """Add one frame: its encoded image bytes and a value for every other feature (already validated)."""
         self._pending.append(encoded_image)
         self._nbytes.append(len(encoded_image))
+        self._crc.append(frame_crc32(encoded_image))
         for key, column in self.columns.items():
             column.append(values[key])
         self.num_frames += 1
@@ -313,6 +330,7 @@ class EpisodeWriter:
         self._flush()
         f = self._f
         f.create_dataset(NBYTES_KEY, data=np.asarray(self._nbytes, np.int32))
+        f.create_dataset(CRC_KEY, data=np.asarray(self._crc, np.uint32), fletcher32=True)
         for key, values in self.columns.items():
             feat = self.features[key]
             if feat.dtype == "str":
@@ -413,7 +431,7 @@ class EpisodeReader:
         if key not in self._columns:
             if key == IMAGE_KEY:
                 raise ValueError("images are read one by one with image(i) or encoded(i)")
-            if key not in self.features and key != NBYTES_KEY:
+            if key not in self.features and key not in (NBYTES_KEY, CRC_KEY):
                 raise KeyError(f"no feature {key!r} in {self.path.name}; features: {', '.join(self.features)}")
 
             def read(f: h5py.File) -> np.ndarray:
@@ -424,8 +442,20 @@ class EpisodeReader:
         return self._columns[key]
 
     def encoded(self, i: int) -> np.ndarray:
-        """The encoded bytes of frame ``i`` as recorded."""
-        return self.handle()[IMAGE_KEY][i]
+        """The encoded bytes of frame ``i`` as recorded, verified against their CRC32 where the file has one
+        (:class:`DatasetError` on a mismatch)."""
+        buf = self.handle()[IMAGE_KEY][i]
+        crcs = self._frame_crcs()
+        if crcs is not None and frame_crc32(buf) != int(crcs[i]):
+            raise FrameChecksumError(f"{self.path} frame {i}: the image bytes fail their CRC32 check (corrupt data)")
+        return buf
+
+    def _frame_crcs(self) -> np.ndarray | None:
+        """The recorded CRC32 of every frame, or None for a file recorded before they were stored (cached)."""
+        if CRC_KEY not in self._columns:
+            has = self._read(lambda f: CRC_KEY in f)
+            self._columns[CRC_KEY] = self.column(CRC_KEY) if has else None
+        return self._columns[CRC_KEY]
 
     def image(self, i: int) -> np.ndarray:
         """Frame ``i`` decoded: HxWx3 uint8 RGB."""
@@ -602,8 +632,8 @@ def check_episode(path: str | Path, decode: str = "all", sample: int = 8, seed: 
 
     Checks that it opens, has the required attributes and every feature's dataset, that all lengths equal
     ``num_frames``, that the numeric columns read (files written since their checksums were added verify
-    them) and their floats are finite, and decodes images: ``decode="all"`` every frame, ``"sample"`` the
-    first, the last and ``sample`` random ones, ``"none"`` none.
+    them) and their floats are finite, and checks images (their CRC32 where the file has them, then decoding):
+    ``decode="all"`` every frame, ``"sample"`` the first, the last and ``sample`` random ones, ``"none"`` none.
     """
     try:
         with h5py.File(path, "r") as f:
@@ -625,7 +655,7 @@ def _check_open_episode(f: h5py.File, decode: str, sample: int, seed: int) -> li
     n = int(attrs["num_frames"])
     features = features_from_dict(attrs["features"])
     problems = []
-    for key in [*features, NBYTES_KEY]:
+    for key in [*features, NBYTES_KEY, *([CRC_KEY] if CRC_KEY in f else [])]:
         if key not in f:
             problems.append(f"missing dataset {key}")
         elif f[key].shape[:1] != (n,):
@@ -646,11 +676,18 @@ def _check_open_episode(f: h5py.File, decode: str, sample: int, seed: int) -> li
     frames = range(n) if decode == "all" else sorted(
         {0, n - 1, *np.random.default_rng(seed).integers(0, n, min(sample, n)).tolist()})
     images, nbytes = f[IMAGE_KEY], f[NBYTES_KEY][()]
+    crcs = f[CRC_KEY][()] if CRC_KEY in f else None  # files recorded before per-frame CRCs have none
     shape = features[IMAGE_KEY].shape
     for i in frames:
+        if len(problems) >= 5:
+            problems.append("... (stopped after 5 bad frames)")
+            break
         buf = images[i]
         if len(buf) != nbytes[i]:
             problems.append(f"frame {i}: {len(buf)} image bytes, expected {nbytes[i]}")
+            continue
+        if crcs is not None and frame_crc32(buf) != int(crcs[i]):
+            problems.append(f"frame {i}: the image bytes fail their CRC32 check (corrupt data)")
             continue
         try:
             img = decode_image(buf)
@@ -659,9 +696,6 @@ def _check_open_episode(f: h5py.File, decode: str, sample: int, seed: int) -> li
             continue
         if img.shape != shape:
             problems.append(f"frame {i}: image shape {img.shape}, expected {shape}")
-        if len(problems) >= 5:
-            problems.append("... (stopped after 5 bad frames)")
-            break
     return problems
 
 

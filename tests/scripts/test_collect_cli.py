@@ -99,6 +99,21 @@ def test_data_check_names_corrupt_and_truncated_files_and_exits_non_zero(dataset
         assert "FAILED: 2 problem file(s) among 3 episode files" in r.stdout
 
 
+def test_data_check_names_a_frame_whose_jpeg_bytes_were_flipped(dataset, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    path = copy / "episodes" / "episode_000001.h5"
+    with h5py.File(path, "r") as f:
+        frame = bytes(f["observation/image"][5])
+    raw = bytearray(path.read_bytes())
+    raw[raw.find(frame) + len(frame) - 20] ^= 0x10  # the JPEG still decodes, with a wrong block
+    path.write_bytes(bytes(raw))
+    r = caril("data", "check", str(copy))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "BAD  episodes/episode_000001.h5: frame 5: the image bytes fail their CRC32 check (corrupt data)" \
+        in r.stdout, r.stdout
+
+
 def test_sigkill_mid_episode_keeps_finished_episodes_and_resume_completes_the_job(tmp_path):
     out = tmp_path / "data"
     args = ["collect", "--out", str(out), "--episodes", "3", "--seed", "1", "--res", "32x24", "--routes", "mixed",

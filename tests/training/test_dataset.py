@@ -32,7 +32,16 @@ from training.dataset import (
     photometric,
     split_by_episode,
 )
-from training.episode_file import IMAGE_KEY, DatasetError, DatasetIndex, entry_from_file, read_manifest, write_manifest
+from training.episode_file import (
+    CRC_KEY,
+    IMAGE_KEY,
+    DatasetError,
+    DatasetIndex,
+    entry_from_file,
+    frame_crc32,
+    read_manifest,
+    write_manifest,
+)
 
 PRE = PreprocessConfig(height=32, width=32)
 BINS = SteeringBins()
@@ -205,6 +214,7 @@ def test_undecodable_frame_is_named_with_its_file_and_frame(tmp_path, data_root)
     shutil.copytree(data_root, root)
     with h5py.File(root / "episodes" / "episode_000002.h5", "r+") as f:
         f[IMAGE_KEY][7] = np.zeros(len(f[IMAGE_KEY][7]), np.uint8)  # same length, not an image any more
+        f[CRC_KEY][7] = frame_crc32(f[IMAGE_KEY][7])  # as if recorded so: the decoder is what fails
     index = open_dataset(root, PRE, check="none")
     frames = label_dataset(index, LabelOptions(steer_limit=None))
     data = DrivingDataset(index, frames, PRE, BINS)

@@ -11,11 +11,13 @@ import pytest
 from sim.errors import CarilError
 from training.data_options import LabelOptions, label_dataset, label_frames, scale_steer, steering_histogram
 from training.episode_file import (
+    CRC_KEY,
     IMAGE_KEY,
     DatasetError,
     DatasetIndex,
     EpisodeReader,
     EpisodeWriter,
+    FrameChecksumError,
     ImageCodec,
     check_dataset,
     check_episode,
@@ -23,6 +25,7 @@ from training.episode_file import (
     default_features,
     episode_index_of,
     episode_name,
+    frame_crc32,
     new_manifest,
     read_manifest,
     write_manifest,
@@ -142,6 +145,7 @@ def test_check_episode_finds_garbage_truncation_missing_data_and_bad_images(tmp_
     with h5py.File(bad_image, "a") as f:
         f[IMAGE_KEY][2] = np.frombuffer(b"\x89PNG broken", np.uint8)
         f["observation/image_nbytes"][2] = 11
+        f[CRC_KEY][2] = frame_crc32(b"\x89PNG broken")  # bytes that are what was "recorded", yet no image
     assert check_episode(bad_image) == ["frame 2: image does not decode"]
     assert check_episode(bad_image, decode="none") == []
     unfinished = tmp_path / "unfinished.h5"
@@ -168,6 +172,32 @@ def test_check_episode_finds_garbage_truncation_missing_data_and_bad_images(tmp_
         f["observation/speed_mps"][1] = np.nan
     assert check_episode(not_finite, decode="none") == [
         "dataset observation/speed_mps holds values that are not finite (corrupt data)"]
+
+
+def test_a_flipped_byte_inside_a_jpeg_frame_is_named_by_check_and_by_the_reader(tmp_path):
+    rng = np.random.default_rng(1)
+    good = tmp_path / "good.h5"
+    write_episode(good, [synthetic_frame(rng, i) for i in range(6)], ImageCodec("jpeg")).commit()
+    with h5py.File(good, "r") as f:
+        assert f[CRC_KEY][()].tolist() == [frame_crc32(f[IMAGE_KEY][i]) for i in range(6)]
+        frame3 = bytes(f[IMAGE_KEY][3])
+    raw = bytearray(good.read_bytes())
+    at = raw.find(frame3)
+    assert at > 0 and raw.find(frame3, at + 1) == -1  # the frame's bytes, once in the file
+    raw[at + len(frame3) - 20] ^= 0x10  # in the entropy-coded data near its end: the decoder only warns
+    flipped = tmp_path / "flipped.h5"
+    flipped.write_bytes(bytes(raw))
+    assert decode_image(EpisodeReader(flipped).handle()[IMAGE_KEY][3]).shape == (H, W, 3)  # decodes "fine"
+    assert check_episode(flipped) == ["frame 3: the image bytes fail their CRC32 check (corrupt data)"]
+    reader = EpisodeReader(flipped)
+    assert reader.image(2).shape == (H, W, 3)
+    with pytest.raises(FrameChecksumError, match=r"flipped.h5 frame 3: the image bytes fail their CRC32 check"):
+        reader.image(3)
+    old = tmp_path / "old.h5"  # recorded before per-frame CRCs: still loads and checks, unverified
+    old.write_bytes(bytes(raw))
+    with h5py.File(old, "a") as f:
+        del f[CRC_KEY]
+    assert check_episode(old) == [] and EpisodeReader(old).image(3).shape == (H, W, 3)
 
 
 def test_dataset_index_addresses_every_frame_of_every_episode(tmp_path):

@@ -264,8 +264,8 @@ def test_bad_frame_met_in_a_worker_is_one_line_naming_file_and_frame(data_root, 
         train(cfg)
     message = str(caught.value)
     assert "\n" not in message and "Traceback" not in message
-    assert re.fullmatch(r".*episode_000000.h5 frame 3: an image of \d+ bytes does not decode; run 'caril data "
-                        r"check .*badframe' \(re-record or delete the episode\)", message), message
+    assert re.fullmatch(r".*episode_000000.h5 frame 3: the image bytes fail their CRC32 check \(corrupt data\); "
+                        r"run 'caril data check .*badframe' \(re-record or delete the episode\)", message), message
 
 
 def test_early_stopping_on_validation_loss(data_root, tmp_path, monkeypatch):
