@@ -5,7 +5,7 @@ What counts as *seen* comes from the evaluated checkpoint when it says what it w
 ``meta.trained_on``, the routes and weathers of its dataset, written by ``caril train``); for an older
 checkpoint, from the project's split (:mod:`sim.split`: the training weathers and generated maps with seeds
 >= 100000), and the report says which. Statistics are :func:`training.stats.summarise`'s: mean and 95%
-bootstrap CI over episodes, one seed.
+BCa bootstrap CI over episodes, one seed.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def markdown(gen: dict[str, Any], confidence: float = 0.95) -> str:
     seen = ", ".join(f"`{w}` ({SEEN if s else UNSEEN})" for w, s in gen["weathers"].items())
     kinds = ", ".join(f"`{r}` ({k})" for r, k in gen["map_kinds"].items())
     parts = [f"## Generalization\n\nSeen or unseen by {source}. Weathers: {seen}. Maps: {kinds}. Cells: mean "
-             f"[{round(100 * confidence)}% bootstrap CI] over episodes."]
+             f"[{round(100 * confidence)}% BCa bootstrap CI] over episodes."]
     titles = {"weather": "weather", "seen": "weather seen in training", "map_kind": "map kind"}
     for axis, title in titles.items():
         lines = [f"| label | {title} | n | route completion | lane deviation (m) | collisions | success rate |",
@@ -122,7 +122,7 @@ def plot_generalization(gen: dict[str, Any], colours: dict[str, Any]) -> Figure:
         axes[row, 0].set_title(f"{title} per weather (hatched: unseen)")
         _bars(axes[row, 1], gen["by"]["map_kind"], metric, colours, hatch=lambda k: False)
         axes[row, 1].set_title(f"{title} per map kind")
-    fig.suptitle("Generalization: error bars = bootstrap CI")
+    fig.suptitle("Generalization: error bars = BCa bootstrap CI")
     return fig
 
 

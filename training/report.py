@@ -8,7 +8,7 @@ reads what :class:`training.evaluation.Campaign` wrote (``results.csv``, ``traje
 ``decisions/``, ``config.json``) and writes, in the same folder:
 
 - ``summary.json``: per group (``overall`` and each route) and per label (the episode's correction, or its
-  policy when it has none), the mean and 95% percentile-bootstrap CI (:func:`training.stats.bootstrap_ci`,
+  policy when it has none), the mean and 95% BCa bootstrap CI (:func:`training.stats.bootstrap_ci`,
   one ``seed`` for every group and metric, so the file is deterministic) of every numeric metric of
   ``results.csv`` plus ``success_rate`` (share of episodes ending at the goal), the relative change of each
   mean against ``reference_correction`` (the paper's headline comparison,
@@ -51,7 +51,7 @@ from training.generalization import markdown as generalization_markdown
 from training.generalization import plot_generalization, summarise_generalization
 from training.head_errors import markdown as heads_markdown
 from training.head_errors import plot_head_errors, pooled_ticks, summarise_heads
-from training.stats import relative_change, summarise
+from training.stats import CI_NAMES, DEFAULT_METHOD, relative_change, summarise
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,8 @@ def summarise_campaign(out_dir: Path, rows: list[dict[str, str]], reference_corr
     for entries in groups.values():
         _compare(entries, reference_correction)
     return {"reference_correction": reference_correction, "seed": seed, "n_resamples": n_resamples,
-            "confidence": confidence, "metrics": list(METRICS), "labels": labels + ([EXPERT] if expert else []),
+            "ci_method": DEFAULT_METHOD, "confidence": confidence, "metrics": list(METRICS),
+            "labels": labels + ([EXPERT] if expert else []),
             "routes": routes, "weathers": weathers, "n_episodes": len(rows), "config": _read_config(out_dir),
             "groups": groups, "heads": summarise_heads(out_dir, members, episode_key),
             "generalization": summarise_generalization(rows, _read_config(out_dir), seed, n_resamples=n_resamples,
@@ -380,7 +381,8 @@ def _md_header(summary: dict) -> str:
         f"{summary['n_episodes']} episodes ({failed} failed) on {len(summary['routes'])} route(s): "
         f"{', '.join(f'`{r}`' for r in summary['routes'])}; compared: "
         f"{', '.join(f'`{label}`' for label in summary['labels'])}.", "",
-        f"Cells: mean [{conf}% CI] over episodes (percentile bootstrap, {summary['n_resamples']} resamples, "
+        f"Cells: mean [{conf}% CI] over episodes ({CI_NAMES[summary.get('ci_method', 'percentile')]}, "
+        f"{summary['n_resamples']} resamples, "
         f"seed {summary['seed']}). "
         + (f"In brackets after it: the relative change of the mean against `{ref}`, (new - {ref}) / |{ref}|; "
            f"`*` marks {conf}% CIs that do not overlap with `{ref}`'s (a clear difference); n/a where "

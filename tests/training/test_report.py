@@ -129,6 +129,7 @@ def test_summary_and_report_equal_the_statistics_recomputed_from_results_csv(con
     assert on_disk == summary
     expected = recomputed(constructed / "results.csv", seed=5)
     md = (constructed / "report.md").read_text()
+    assert on_disk["ci_method"] == "bca" and f"(BCa bootstrap, {N_RESAMPLES} resamples, seed 5)" in md
     for group, labels in expected.items():
         assert list(on_disk["groups"][group]) == list(labels)  # no expert: there are no references
         heading = "Overall" if group == "overall" else f"Route `{group}`"

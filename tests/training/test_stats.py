@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 import training.stats as stats
 from training.stats import StatsError, bootstrap_ci, relative_change, summarise
@@ -48,11 +49,49 @@ def test_median_statistic_and_small_blocks_fill_every_resample(monkeypatch):
     assert x.min() < a[1] < a[0] < a[2] < x.max()
 
 
+FIXED = {  # 4 trials per cell as the demo runs them, a skewed sample, a failure among successes
+    "completion": [0.93, 1.0, 1.0, 0.4],
+    "skewed": [0.1, 0.2, 0.15, 0.9, 0.3],
+    "one_failure": [1.0, 0.0, 1.0, 1.0, 1.0, 1.0],
+    "exponential": np.random.default_rng(3).exponential(size=12).tolist(),
+}
+
+
+@pytest.mark.parametrize(("name", "method", "scipy_method", "statistic"), [
+    (name, method, scipy_method, statistic) for name in FIXED
+    for method, scipy_method in (("bca", "BCa"), ("percentile", "percentile")) for statistic in (np.mean, np.median)
+    if (name, method, statistic) != ("one_failure", "bca", np.median)])  # degenerate: the next test
+def test_intervals_equal_scipy_bootstrap_on_fixed_data(name, method, scipy_method, statistic):
+    x = np.asarray(FIXED[name])
+    ours = bootstrap_ci(x, n_resamples=10000, seed=5, statistic=statistic, method=method)
+    theirs = scipy_stats.bootstrap((x,), statistic, n_resamples=10000, confidence_level=0.95,
+                                   method=scipy_method, rng=np.random.default_rng(5)).confidence_interval
+    assert ours[1:] == pytest.approx((theirs.low, theirs.high), rel=1e-12, abs=1e-12)
+
+
+def test_bca_without_jackknife_spread_has_no_acceleration_where_scipy_gives_nan():
+    x = np.asarray(FIXED["one_failure"])  # every leave-one-out median is 1.0
+    with pytest.warns(scipy_stats.DegenerateDataWarning):
+        theirs = scipy_stats.bootstrap((x,), np.median, n_resamples=10000, method="BCa",
+                                       rng=np.random.default_rng(5)).confidence_interval
+    assert math.isnan(theirs.low) and math.isnan(theirs.high)
+    est, low, high = bootstrap_ci(x, seed=5, statistic=np.median)
+    assert est == 1.0 and high == 1.0 and 0.0 <= low < 1.0
+
+
+def test_bca_moves_the_interval_towards_the_long_tail():
+    _, low, high = bootstrap_ci(FIXED["skewed"], seed=5)
+    _, p_low, p_high = bootstrap_ci(FIXED["skewed"], seed=5, method="percentile")
+    assert (round(low, 4), round(high, 4)) == (0.16, 0.76) and (round(p_low, 4), round(p_high, 4)) == (0.14, 0.62)
+    assert low > p_low and high > p_high  # one value far above the rest: the mean's uncertainty lies upwards
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"values": []}, "at least one value"),
     ({"values": [1.0, math.nan]}, "NaN"),
     ({"values": [1.0, 2.0], "confidence": 1.5}, "confidence"),
     ({"values": [1.0, 2.0], "n_resamples": 0}, "n_resamples"),
+    ({"values": [1.0, 2.0], "method": "studentized"}, "unknown CI method 'studentized'; one of bca, percentile"),
 ])
 def test_bad_input_is_rejected(kwargs, match):
     with pytest.raises(StatsError, match=match):
