@@ -41,7 +41,7 @@ from torch import nn
 from agent.bins import SteeringBins
 from agent.network import DualHeadNet, LossConfig, NetworkConfig
 from agent.preprocess import PreprocessConfig
-from sim.errors import CarilError
+from sim.errors import CarilError, permission_denied
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,8 @@ def _read_config(path: Path) -> dict[str, Any]:
                               "(written by caril train); pass that directory")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
+    except PermissionError:
+        raise CheckpointError(permission_denied(path)) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt, re-save it") from e
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -222,6 +224,8 @@ def _read_weights(path: Path, checkpoint_id: str, sha256: str | None = None) -> 
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: the checkpoint directory has {CONFIG_FILE} but no weights; "
                               "re-save the checkpoint")
+    if not os.access(path, os.R_OK):  # safetensors would call it an unreadable (corrupt) file
+        raise CheckpointError(permission_denied(path))
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}

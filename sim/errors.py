@@ -32,6 +32,11 @@ def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...], hint:
     return UnknownNameError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)}.{extra}")
 
 
+def permission_denied(path: object) -> str:
+    """The one message for a file this process may not read (not "corrupt": the bytes may be fine)."""
+    return f"{path} cannot be read: permission denied (check its owner and mode, e.g. ls -l {path})"
+
+
 class UsageError(CarilError, ValueError):
     """A command-line value that is well-formed but not acceptable (e.g. ``--trials 0``)."""
 

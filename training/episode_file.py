@@ -51,7 +51,7 @@ import cv2
 import h5py
 import numpy as np
 
-from sim.errors import CarilError, UsageError
+from sim.errors import CarilError, UsageError, permission_denied
 
 log = logging.getLogger(__name__)
 
@@ -380,6 +380,8 @@ class EpisodeReader:
         return {**self.__dict__, "_h5": None, "_pid": None}
 
     def _open(self) -> h5py.File:
+        if self.path.exists() and not os.access(self.path, os.R_OK):  # h5py would say "corrupt or truncated"
+            raise DatasetError(f"episode file {permission_denied(self.path)}")
         try:
             return h5py.File(self.path, "r", rdcc_nbytes=64 * 1024)
         except FileNotFoundError:
@@ -480,6 +482,8 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
         raise DatasetError(f"{root} has no {MANIFEST}: not a caril dataset (record one with caril collect)")
     try:
         manifest = json.loads(path.read_text())
+    except PermissionError:
+        raise DatasetError(permission_denied(path)) from None
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path} is unreadable ({e}); 'caril collect --resume --out {root}' rebuilds it") from None
     if manifest.get("format") != DATASET_FORMAT:
@@ -635,6 +639,8 @@ def check_episode(path: str | Path, decode: str = "all", sample: int = 8, seed: 
     them) and their floats are finite, and checks images (their CRC32 where the file has them, then decoding):
     ``decode="all"`` every frame, ``"sample"`` the first, the last and ``sample`` random ones, ``"none"`` none.
     """
+    if Path(path).exists() and not os.access(path, os.R_OK):
+        return ["cannot be read: permission denied (check its owner and mode)"]
     try:
         with h5py.File(path, "r") as f:
             return _check_open_episode(f, decode, sample, seed)

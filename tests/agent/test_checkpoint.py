@@ -7,6 +7,7 @@ import random
 import re
 import shutil
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,3 +280,25 @@ def test_training_state_never_unpickles_arbitrary_objects(tmp_path):
     torch.save({"format": "caril-training-state", "format_version": 7}, path)
     with pytest.raises(CheckpointError, match="unknown format version 7"):
         load_training_state(path)
+
+
+def test_an_unreadable_checkpoint_file_is_said_to_be_unreadable_not_corrupt(saved, tmp_path, monkeypatch):
+    path = tmp_path / "best"
+    shutil.copytree(saved[1], path)
+    real_access = os.access  # the tests may run as root, whom chmod 000 does not stop: deny as a user is denied
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p).name != WEIGHTS_FILE and real_access(p, mode))
+    with pytest.raises(CheckpointError, match=rf"{WEIGHTS_FILE} cannot be read: permission denied \(check its "
+                                              r"owner and mode, e.g. ls -l .*\)$") as caught:
+        load_checkpoint(path)
+    assert "corrupt" not in str(caught.value)
+    monkeypatch.undo()
+    real_read_text = Path.read_text
+
+    def read_text(self, *args, **kwargs):
+        if self.name == CONFIG_FILE:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    with pytest.raises(CheckpointError, match=rf"{CONFIG_FILE} cannot be read: permission denied"):
+        load_checkpoint(path)

@@ -1,8 +1,10 @@
 """The episode file format: writer, reader, dataset index, checks, manifest and the training label options."""
 
 import multiprocessing as mp
+import os
 import pickle
 import re
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -327,3 +329,26 @@ def test_histogram_and_dataset_labels(tmp_path):
     recorded = record_dataset(tmp_path / "d", episodes=2, frames=5)
     labeled = label_dataset(DatasetIndex(tmp_path / "d"), LabelOptions(steer_limit=None))
     assert np.allclose(labeled.steer, np.clip(4 * np.float32([f["action/expert"][0] for f in recorded]), -1, 1))
+
+
+def test_an_unreadable_episode_or_manifest_is_said_to_be_unreadable_not_corrupt(tmp_path, monkeypatch):
+    record_dataset(tmp_path / "d", episodes=2)
+    denied = tmp_path / "d" / "episodes" / "episode_000001.h5"
+    real_access = os.access  # the tests may run as root, whom chmod 000 does not stop: deny as a user is denied
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != denied and real_access(p, mode))
+    report = check_dataset(tmp_path / "d")
+    assert report.problems == {"episodes/episode_000001.h5": [
+        "cannot be read: permission denied (check its owner and mode)"]}
+    with pytest.raises(DatasetError, match=r"episode file .*episode_000001.h5 cannot be read: permission denied"):
+        len(EpisodeReader(denied))
+    monkeypatch.undo()
+    real_read_text = Path.read_text
+
+    def read_text(self, *args, **kwargs):
+        if self.name == "manifest.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    with pytest.raises(DatasetError, match=r"manifest.json cannot be read: permission denied"):
+        read_manifest(tmp_path / "d")
