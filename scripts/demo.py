@@ -24,9 +24,11 @@ from sim.errors import CarilError
 DESCRIPTION = "Run the main job end to end on the embedded simulator and print the comparison table."
 SHIPPED = Path(__file__).resolve().parents[1] / "policies" / "caril_small"
 # the shipped policy's recipe (policies/caril_small/README.md), which --from-scratch runs
-RECIPE_COLLECT = ("--routes", "paper", "--weathers", "ClearNoon,CloudyNoon", "--episodes", "72", "--seed", "7",
-                  "--allow-heldout")
-RECIPE_TRAIN = ("--epochs", "8", "--max-per-bin", "2500", "--steer-limit", "0.4", "--steer-scale", "2.5", "--seed", "0")
+RECIPE_COLLECT = ("--routes", "random:100000-100119", "--weathers", "train", "--schedule", "interleave",
+                  "--episodes", "120", "--seed", "7")
+RECIPE_TRAIN = ("--epochs", "6", "--max-per-bin", "4000", "--steer-limit", "0.4", "--steer-scale", "2.5", "--flip", "0",
+                "--jitter", "0.3", "--brightness", "0.4", "--colour", "0.1", "--haze", "0.4", "--blur", "0.3",
+                "--seed", "0")
 TABLE_METRICS = (("frechet_m", "Fréchet m"), ("lateral_offset_mean_m", "lane dev m"),
                  ("route_completion", "completion"), ("collisions", "collisions"))
 
@@ -69,11 +71,11 @@ def run(args: Args) -> int:
 
 
 def from_scratch(out: Path, args: Args) -> Path:
-    """The shipped policy's recipe: record on the paper's routes (held out since sim/split.py, hence
-    --allow-heldout) with noise injection, then train the default network."""
-    print("from scratch, the shipped policy's recipe: recording 72 episodes (~71k frames, about a minute on 2 "
-          "cores), then training the default network for 8 epochs (about 35 minutes on a 2-core CPU, a few "
-          "minutes on a GPU), then the evaluation (about 4 minutes).", flush=True)
+    """The shipped policy's recipe: record 120 generated training maps, each in one of the seven training
+    weathers, with noise injection, then train the default network with photometric augmentation."""
+    print("from scratch, the shipped policy's recipe: recording 120 episodes on training maps (~269k frames, "
+          "4.4 GB, about 5 minutes on 2 cores), then training the default network for 6 epochs (about 50 "
+          "minutes on a 2-core CPU, a few minutes on a GPU), then the evaluation (about 4 minutes).", flush=True)
     t0 = time.perf_counter()
     data, run_dir = out / "data", out / "train"
     collect.run(parse(collect.Args, [*RECIPE_COLLECT, "--workers", str(args.workers), "--out", str(data),
@@ -90,7 +92,7 @@ def print_table(summary: dict) -> None:
     ref = summary["reference_correction"]
     groups = summary["groups"]
     for group in summary["groups"]:  # overall, each route, each weather
-        print(f"\n{group}: mean [95% bootstrap CI], change vs {ref}")
+        print(f"\n{group}: mean [95% BCa bootstrap CI], change vs {ref}")
         print(f"  {'policy':12s}" + "".join(f"{title:>30s}" for _, title in TABLE_METRICS))
         for label in summary["labels"]:
             entry = groups[group].get(label)
